@@ -1,0 +1,7 @@
+"""Reports over MLflow runs and Optuna trials, pandas in and pandas out.
+
+Stable inputs it relies on: the metric names logged by `began.train` (`m_global`, `k`,
+`loss_d`, `loss_g`, `loss_real`, `loss_fake`, `balance`, `lr`, `images_per_s`,
+`m_global_mean` and the `began.metrics` names such as `fid_1k`), and the image keys
+`samples` and `reconstructions` logged with their step.
+"""

@@ -1,0 +1,98 @@
+"""Checkpoints: everything a run needs to continue exactly, written atomically.
+
+A checkpoint holds both models, both optimizers, k, the lr-schedule state, the
+step, the z generator's state and the config. It is written to a temporary file
+beside its destination and renamed over it, so a crash mid-write leaves the
+previous checkpoint intact. It is read with ``weights_only=True``: loading never
+unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from began.config import TrainConfig
+
+CHECKPOINT_NAME = "last.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated or not one of ours; the message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    """The contents of a checkpoint file, all plain tensors and numbers."""
+
+    config: TrainConfig
+    step: int
+    k: float
+    generator: dict[str, torch.Tensor]
+    discriminator: dict[str, torch.Tensor]
+    optimizer_G: dict[str, Any]
+    optimizer_D: dict[str, Any]
+    schedule: dict[str, Any]
+    z_rng_state: torch.Tensor
+    dataset_fingerprint: str  # the data it was trained on, checked on resume
+
+
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    """Write `checkpoint` to `path` atomically (temp file + rename)."""
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "config_json": checkpoint.config.to_json(),
+        "step": checkpoint.step,
+        "k": checkpoint.k,
+        "generator": checkpoint.generator,
+        "discriminator": checkpoint.discriminator,
+        "optimizer_G": checkpoint.optimizer_G,
+        "optimizer_D": checkpoint.optimizer_D,
+        "schedule": checkpoint.schedule,
+        "z_rng_state": checkpoint.z_rng_state,
+        "dataset_fingerprint": checkpoint.dataset_fingerprint,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path | str) -> Checkpoint:
+    """Read a checkpoint onto the CPU; CheckpointError with the file name if it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from error
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a BEGAN checkpoint of format {FORMAT_VERSION}")
+    return Checkpoint(
+        config=TrainConfig.from_dict(json.loads(payload["config_json"])),
+        step=int(payload["step"]),
+        k=float(payload["k"]),
+        generator=payload["generator"],
+        discriminator=payload["discriminator"],
+        optimizer_G=payload["optimizer_G"],
+        optimizer_D=payload["optimizer_D"],
+        schedule=payload["schedule"],
+        z_rng_state=payload["z_rng_state"],
+        dataset_fingerprint=str(payload["dataset_fingerprint"]),
+    )

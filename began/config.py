@@ -1,0 +1,182 @@
+"""The one frozen configuration object of a training run.
+
+Everything that decides what a run computes lives here, flat, with a default.
+It is logged whole to MLflow (as params and as ``config.json``) and stored in
+every checkpoint, so a run can be rebuilt from its record alone. A study derives
+a trial's config with ``dataclasses.replace(base, gamma=...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the option."""
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its command-line help (`python -m began.train --help` shows it)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- data ---
+    data: str = option(
+        "",
+        "image folder (nested folders allowed) or .tgz/.tar/.zip archive; "
+        "empty = built-in demo faces",
+    )
+    image_size: int = option(64, "training resolution: 16, 32, 64 or 128")
+    crop: str = option(
+        "0.56",
+        "crop before resizing: centre square as a fraction of the short side "
+        "(0.56 keeps an LFW face), N pixels, x0,y0,x1,y1 or none",
+    )
+    keep_grayscale: bool = option(
+        False, "keep grayscale images (R == G == B); the reference run dropped them"
+    )
+    holdout: int = option(256, "real images held back from training, for reconstruction metrics")
+    # --- model (paper Figure 1) ---
+    filters: int = option(
+        64, "n: filters of the first scale; the encoder grows them n, 2n, 3n, ..."
+    )
+    hidden: int = option(64, "h = Nz: size of the embedding and of z")
+    repeat: int = option(2, "convolutions per scale (conv depth)")
+    skip: bool = option(
+        False, "concatenate the upsampled h0 after each upsampling (paper's skip variant)"
+    )
+    # --- equilibrium rule ---
+    gamma: float = option(0.5, "diversity ratio E[L(G(z))] / E[L(x)]")
+    lambda_k: float = option(0.001, "gain of the proportional controller of k")
+    k_init: float = option(0.0, "k_0, the initial value of k")
+    shared_fake: bool = option(
+        False,
+        "one fake batch for the D and G updates (TF reference's form) instead of separate z_D, z_G",
+    )
+    # --- optimisation ---
+    lr: float = option(1e-4, "initial Adam learning rate of G and D")
+    lr_min: float = option(
+        1e-5, "floor of the learning-rate decay (runs whose lr decayed too far collapsed)"
+    )
+    lr_window: int = option(1000, "steps averaged into one M_global value for the lr schedule")
+    lr_patience: int = option(3, "windows without a new best mean M_global before the lr is halved")
+    adam_beta1: float = option(0.9, "Adam beta1 (the Keras reference used 0.9, carpedm20 0.5)")
+    adam_beta2: float = option(0.999, "Adam beta2")
+    batch_size: int = option(16, "images per batch (paper: 16)")
+    steps: int = option(200_000, "total training steps")
+    seed: int = option(0, "random seed of weights, batches and z; same seed, same run on CPU")
+    # --- bookkeeping ---
+    log_every: int = option(10, "steps between logged training metrics")
+    sample_every: int = option(
+        5000, "steps between sample and reconstruction grids (and at the end)"
+    )
+    checkpoint_every: int = option(5000, "steps between checkpoints (and at the end)")
+    eval_every: int = option(0, "steps between quality evaluations (0: only at the end)")
+    metrics: str = option(
+        "", "quality metrics to evaluate, e.g. fid_1k,kid_1k,diversity,recon,sharpness"
+    )
+    num_grid: int = option(64, "images in the sample grid, from a fixed z")
+    # --- speed ---
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = option("fp32", "fp32, or bf16 autocast (GPU)")
+    compile: bool = option(
+        False, "torch.compile G and D (see docs/performance.md for when it pays)"
+    )
+    channels_last: bool = option(False, "NHWC memory format for the convolutions")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config, ignoring keys this version no longer knows."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    @property
+    def num_scales(self) -> int:
+        """Scales from 8x8 up to the image size (32 -> 3, 64 -> 4, 128 -> 5)."""
+        return int(math.log2(self.image_size)) - 2
+
+
+# What `python -m began.train` with no --data runs: a CPU demo that finishes in minutes.
+DEMO_OVERRIDES: dict[str, Any] = dict(
+    image_size=32,
+    crop="none",
+    keep_grayscale=True,
+    holdout=16,
+    filters=16,
+    hidden=32,
+    steps=1000,
+    sample_every=250,
+    checkpoint_every=500,
+    lr_window=100,
+    num_grid=64,
+    metrics="diversity,recon,sharpness",
+)
+
+
+def _require(condition: bool, option: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{option}: {message}")
+
+
+def _check_spec(option: str, spec: str) -> None:
+    """Crop and metric specs are parsed where they are used; fail here, before any work."""
+    if option == "crop":
+        from began.data.crop import parse_crop as parse
+    else:
+        from began.metrics.registry import parse_metrics as parse
+    try:
+        parse(spec)
+    except ValueError as error:
+        message = str(error)
+        raise ConfigError(message if message.startswith(option) else f"{option}: {message}") from None
+
+
+def _validate(cfg: TrainConfig) -> None:
+    _require(
+        cfg.image_size in SUPPORTED_IMAGE_SIZES,
+        "image_size",
+        f"must be one of {SUPPORTED_IMAGE_SIZES}, got {cfg.image_size}",
+    )
+    for name in ("filters", "hidden", "repeat", "batch_size", "steps", "lr_window", "num_grid"):
+        _require(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
+    for name in ("log_every", "sample_every", "checkpoint_every"):
+        _require(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
+    _require(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
+    _require(cfg.holdout >= 0, "holdout", f"must be >= 0, got {cfg.holdout}")
+    _require(cfg.lr_patience >= 1, "lr_patience", f"must be >= 1, got {cfg.lr_patience}")
+    _require(0.0 < cfg.gamma <= 1.0, "gamma", f"must be in (0, 1], got {cfg.gamma}")
+    _require(cfg.lambda_k >= 0.0, "lambda_k", f"must be >= 0, got {cfg.lambda_k}")
+    _require(0.0 <= cfg.k_init <= 1.0, "k_init", f"must be in [0, 1], got {cfg.k_init}")
+    _require(cfg.lr > 0.0, "lr", f"must be > 0, got {cfg.lr}")
+    _require(0.0 < cfg.lr_min <= cfg.lr, "lr_min", f"must be in (0, lr={cfg.lr}], got {cfg.lr_min}")
+    for name in ("adam_beta1", "adam_beta2"):
+        _require(0.0 <= getattr(cfg, name) < 1.0, name, "must be in [0, 1)")
+    _require(
+        cfg.precision in ("fp32", "bf16"),
+        "precision",
+        f"must be fp32 or bf16, got {cfg.precision!r}",
+    )
+    _check_spec("crop", cfg.crop)
+    _check_spec("metrics", cfg.metrics)
+    _require(
+        cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+        "device",
+        f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}",
+    )

@@ -1,0 +1,139 @@
+"""Quality evaluation of a generator, during training and after it.
+
+`quality_metrics` is what the training loop calls at each evaluation point.
+`python -m began.evaluate --run RUN_ID --metrics fid_5k,...` scores a run's last
+checkpoint afterwards and logs the values into the same run, at the
+checkpoint's step, beside (not over) its training history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from began.checkpoint import load_checkpoint
+from began.cli import fail, run_cli
+from began.config import TrainConfig
+from began.data import ImageSet, load_images, split_holdout
+from began.metrics import EvalInputs, MetricRequest, evaluate, parse_metrics
+from began.models import Discriminator, Generator, sample_z
+from began.run import resolve_device
+
+EVAL_Z_SEED_OFFSET = 104_729  # evaluation z is drawn apart from the training and grid z
+GENERATE_CHUNK = 256  # images generated per forward pass
+
+
+def evaluation_z(cfg: TrainConfig, count: int) -> torch.Tensor:
+    """The z of quality evaluations: the same at every evaluation, for comparable curves."""
+    rng = torch.Generator().manual_seed(cfg.seed + EVAL_Z_SEED_OFFSET)
+    return sample_z(count, cfg.hidden, rng)
+
+
+@torch.no_grad()
+def quality_metrics(
+    G: nn.Module,
+    D: nn.Module,
+    cfg: TrainConfig,
+    requests: list[MetricRequest],
+    dataset: ImageSet,
+    heldout: np.ndarray,
+    device: torch.device,
+    cache_dir: str | None = None,
+) -> dict[str, float]:
+    """The requested metrics of G (samples) and D (reconstructions), by logged name."""
+    if not requests:
+        return {}
+    drawn = 0
+
+    def generate(count: int) -> torch.Tensor:
+        # Successive calls continue one fixed sequence of z, so n samples are always the same n.
+        nonlocal drawn
+        z = evaluation_z(cfg, drawn + count)[drawn:].to(device)
+        drawn += count
+        return torch.cat([G(chunk) for chunk in z.split(GENERATE_CHUNK)])
+
+    inputs = EvalInputs(
+        generate=generate,
+        reconstruct=D,
+        real_images=torch.from_numpy(dataset.images),
+        heldout_images=torch.from_numpy(heldout),
+        dataset_fingerprint=dataset.fingerprint,
+        device=device,
+        cache_dir=cache_dir,
+    )
+    return evaluate(requests, inputs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m began.evaluate",
+        description="Score a run's generator after training and log the values to the run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--run", metavar="RUN_ID", required=True, help="MLflow run to evaluate")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    parser.add_argument(
+        "--metrics", default="fid,kid,diversity,recon,sharpness",
+        help="metrics to compute, each NAME or NAME_COUNT (fid_5k)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num-samples", type=int, default=None,
+        help="samples for every metric given without a count (default: each metric's own)",
+    )  # fmt: skip
+    parser.add_argument("--data", default=None, help="dataset path, if it moved since training")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--cache-dir", default=None, help="dataset and statistics cache folder")
+    return parser
+
+
+def _requests(spec: str, num_samples: int | None) -> list[MetricRequest]:
+    if num_samples is not None:
+        if num_samples < 2:
+            fail(f"--num-samples: must be >= 2, got {num_samples}")
+        spec = ",".join(
+            item if any(c.isdigit() for c in item) else f"{item}_{num_samples}"
+            for item in (part.strip() for part in spec.split(","))
+            if item
+        )
+    return parse_metrics(spec)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    from began.tracking import MlflowTracker
+
+    args = build_parser().parse_args(argv)
+    requests = _requests(args.metrics, args.num_samples)
+    tracker = MlflowTracker(args.tracking_uri, run_id=args.run)
+    path = tracker.latest_checkpoint()
+    if path is None:
+        fail(f"--run {args.run}: the run has no checkpoint to evaluate")
+    checkpoint = load_checkpoint(path)
+    cfg = checkpoint.config if args.data is None else replace(checkpoint.config, data=args.data)
+    device = resolve_device(args.device)
+    dataset = load_images(cfg.data, cfg.image_size, cfg.crop, cfg.keep_grayscale, args.cache_dir)
+    if dataset.fingerprint != checkpoint.dataset_fingerprint:
+        fail(f"--data {cfg.data or 'built-in'}: not the dataset run {args.run} was trained on")
+    _, heldout = split_holdout(dataset.images, cfg.holdout)
+    shape = dict(image_size=cfg.image_size, filters=cfg.filters, hidden=cfg.hidden)
+    G = Generator(**shape, repeat=cfg.repeat, skip=cfg.skip)
+    D = Discriminator(**shape, repeat=cfg.repeat, skip=cfg.skip)
+    G.load_state_dict(checkpoint.generator)
+    D.load_state_dict(checkpoint.discriminator)
+    G, D = G.to(device).eval(), D.to(device).eval()
+    values = quality_metrics(G, D, cfg, requests, dataset, heldout, device, args.cache_dir)
+    tracker.log_metrics(values, checkpoint.step)
+    tracker.log_text(json.dumps(values, indent=2), f"evaluations/step_{checkpoint.step}.json")
+    tracker.close()
+    for name, value in values.items():
+        print(f"{name}\t{value:.6g}")
+    return values
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,35 @@
+"""Image grids: tensors in [-1, 1] to uint8 pictures for logs and files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> uint8 in [0, 255], rounded (as an image file would store it)."""
+    return ((images.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def image_grid(images: torch.Tensor, columns: int = 8, padding: int = 2) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> one (rows*H, columns*W, 3) uint8 picture."""
+    grid = make_grid(to_uint8(images).cpu(), nrow=columns, padding=padding, pad_value=0)
+    return grid.permute(1, 2, 0).numpy()  # (H, W, 3)
+
+
+def reconstruction_grid(
+    real: torch.Tensor, reconstruction: torch.Tensor, columns: int = 8
+) -> np.ndarray:
+    """Rows alternate: real images x, then their reconstructions D(x) right below."""
+    rows = []
+    for start in range(0, real.shape[0], columns):
+        rows += [real[start : start + columns], reconstruction[start : start + columns]]
+    return image_grid(torch.cat(rows), columns=columns)
+
+
+def save_png(picture: np.ndarray, path: Path | str) -> None:
+    Image.fromarray(picture).save(path)

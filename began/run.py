@@ -1,0 +1,147 @@
+"""The live objects of a training run: build them from a config, save and restore them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from began.checkpoint import Checkpoint
+from began.config import ConfigError, TrainConfig
+from began.models import Discriminator, Generator, sample_z
+from began.schedule import PlateauHalving
+from began.step import TrainState
+
+FIXED_Z_SEED_OFFSET = 7919  # the sample-grid z is drawn apart from the training z
+
+# Fields that may differ between a checkpoint and the config that resumes it:
+# they change how fast a run goes or how often it reports, not what it computes.
+RESUMABLE_CHANGES = frozenset(
+    {"device", "precision", "compile", "channels_last", "steps", "log_every", "sample_every",
+     "checkpoint_every", "eval_every", "metrics", "data"}
+)  # fmt: skip
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks the first GPU when there is one; a GPU that is not there is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name} requested but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ConfigError(f"device: {name} requested but only {count} GPU(s) are visible")
+    return device
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    device: torch.device
+    G: nn.Module
+    D: nn.Module
+    G_forward: nn.Module  # G itself, or its compiled wrapper
+    D_forward: nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    state: TrainState
+    schedule: PlateauHalving
+    z_rng: torch.Generator  # draws z_D and z_G, on the training device
+    fixed_z: torch.Tensor  # (num_grid, h): the sample grid's z, the same at every step
+
+    def sample_noise(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_D and z_G for one step, each (B, h)."""
+        batch, hidden = self.cfg.batch_size, self.cfg.hidden
+        z_D = sample_z(batch, hidden, self.z_rng, self.device)
+        z_G = sample_z(batch, hidden, self.z_rng, self.device)
+        return z_D, z_G
+
+
+def _adam(module: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    # foreach (CPU) / fused (GPU) Adam update all tensors of a model in a few kernels.
+    fused = device.type == "cuda"
+    return torch.optim.Adam(
+        module.parameters(),
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
+
+
+def build_run(cfg: TrainConfig, device: torch.device) -> Run:
+    """Fresh models, optimizers and state, initialised from cfg.seed alone."""
+    shape = dict(
+        image_size=cfg.image_size,
+        filters=cfg.filters,
+        hidden=cfg.hidden,
+        repeat=cfg.repeat,
+        skip=cfg.skip,
+    )
+    # Weight init uses the global RNG; fork it so one run never shifts the next one's draws.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        G, D = Generator(**shape), Discriminator(**shape)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    G = G.to(device, memory_format=memory_format)
+    D = D.to(device, memory_format=memory_format)
+    z_rng = torch.Generator(device).manual_seed(cfg.seed)
+    fixed_rng = torch.Generator().manual_seed(cfg.seed + FIXED_Z_SEED_OFFSET)
+    return Run(
+        cfg=cfg,
+        device=device,
+        G=G,
+        D=D,
+        G_forward=torch.compile(G) if cfg.compile else G,
+        D_forward=torch.compile(D) if cfg.compile else D,
+        opt_G=_adam(G, cfg, device),
+        opt_D=_adam(D, cfg, device),
+        state=TrainState(k=torch.tensor(cfg.k_init, device=device)),
+        schedule=PlateauHalving(cfg.lr, cfg.lr_min, cfg.lr_window, cfg.lr_patience, device),
+        z_rng=z_rng,
+        fixed_z=sample_z(cfg.num_grid, cfg.hidden, fixed_rng).to(device),
+    )
+
+
+def snapshot(run: Run, dataset_fingerprint: str) -> Checkpoint:
+    return Checkpoint(
+        config=run.cfg,
+        step=run.state.step,
+        k=float(run.state.k.item()),
+        generator=run.G.state_dict(),
+        discriminator=run.D.state_dict(),
+        optimizer_G=run.opt_G.state_dict(),
+        optimizer_D=run.opt_D.state_dict(),
+        schedule=run.schedule.state_dict(),
+        z_rng_state=run.z_rng.get_state(),
+        dataset_fingerprint=dataset_fingerprint,
+    )
+
+
+def check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
+    changed = [
+        name
+        for name, value in cfg.to_dict().items()
+        if name not in RESUMABLE_CHANGES and saved.to_dict()[name] != value
+    ]
+    if changed:
+        raise ConfigError(
+            f"{', '.join(changed)}: differ from the checkpoint's config; a resumed run "
+            "must compute what the original did (start a new run instead)"
+        )
+
+
+def restore(run: Run, checkpoint: Checkpoint) -> None:
+    """Put a run back exactly where the checkpoint left it."""
+    check_resumable(checkpoint.config, run.cfg)
+    run.G.load_state_dict(checkpoint.generator)
+    run.D.load_state_dict(checkpoint.discriminator)
+    run.opt_G.load_state_dict(checkpoint.optimizer_G)
+    run.opt_D.load_state_dict(checkpoint.optimizer_D)
+    run.schedule.load_state_dict(checkpoint.schedule)
+    run.schedule.apply(run.opt_G, run.opt_D)
+    run.z_rng.set_state(checkpoint.z_rng_state)
+    run.state = TrainState(k=torch.tensor(checkpoint.k, device=run.device), step=checkpoint.step)

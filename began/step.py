@@ -1,0 +1,124 @@
+"""One BEGAN training step, a plain function of models, optimizers, batch and state.
+
+Both updates of step t use the parameters of step t, as the paper's equations do:
+L_D and L_G are computed first, then D and G step together, then k moves. The
+paper's form draws separate z_D and z_G; ``shared_fake`` uses one fake batch for
+both updates, as the TF reference did (cheaper: one G and one D forward fewer).
+
+Nothing here reads a value back to the host: k, the losses and M_global stay on
+the device until the trainer logs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from began.config import TrainConfig
+from began.equilibrium import (
+    balance,
+    discriminator_loss,
+    generator_loss,
+    m_global,
+    per_image_reconstruction_loss,
+    update_k,
+)
+
+# What train_step reports each step, in this order; all 0-d tensors on the device.
+STEP_METRICS = ("m_global", "k", "loss_d", "loss_g", "loss_real", "loss_fake", "balance")
+
+
+@dataclass
+class TrainState:
+    """Training state that is not inside a module or optimizer."""
+
+    k: torch.Tensor  # 0-d float tensor on the training device: k_t of the next step
+    step: int = 0  # steps completed
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Forward through `module` without recording gradients for its weights.
+
+    Gradients still flow to the module's input, which is what L_G needs: G is
+    trained through D, but L_G must not change D.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _autocast(x: torch.Tensor, precision: str) -> torch.autocast:
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def train_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_G: torch.optim.Optimizer,
+    opt_D: torch.optim.Optimizer,
+    x: torch.Tensor,
+    z_D: torch.Tensor,
+    z_G: torch.Tensor,
+    state: TrainState,
+    cfg: TrainConfig,
+) -> tuple[TrainState, dict[str, torch.Tensor]]:
+    """One step on a real batch x (B, 3, S, S) in [-1, 1] and noise z_D, z_G (B, h).
+
+    Returns the next state and the step's metrics (see STEP_METRICS); `k` in
+    the metrics is the k_t this step used, the state carries k_t+1.
+    """
+    opt_D.zero_grad(set_to_none=True)
+    opt_G.zero_grad(set_to_none=True)
+    batch = x.shape[0]
+    with _autocast(x, cfg.precision):
+        if cfg.shared_fake:
+            fake = G(z_G)  # (B, 3, S, S): one fake batch for both updates
+            loss_real = per_image_reconstruction_loss(x, D(x).float()).mean()
+            loss_fake = per_image_reconstruction_loss(fake, D(fake).float()).mean()
+            loss_fake_D = loss_fake
+        else:
+            with torch.no_grad():
+                fake_D = G(z_D)  # (B, 3, S, S), a constant for the D update
+            fake_G = G(z_G)  # (B, 3, S, S)
+            both = torch.cat([x, fake_D])  # (2B, 3, S, S): one D forward for real and fake
+            per_image = per_image_reconstruction_loss(both, D(both).float())
+            loss_real, loss_fake_D = per_image[:batch].mean(), per_image[batch:].mean()
+            with frozen(D):
+                loss_fake = per_image_reconstruction_loss(fake_G, D(fake_G).float()).mean()
+
+    k = state.k
+    loss_d = discriminator_loss(loss_real, loss_fake_D, k)
+    loss_g = generator_loss(loss_fake)
+    if cfg.shared_fake:
+        # One D graph carries both losses: each backward writes only its own network.
+        torch.autograd.backward(loss_d, inputs=list(D.parameters()), retain_graph=True)
+        torch.autograd.backward(loss_g, inputs=list(G.parameters()))
+    else:
+        # loss_d reaches only D (fake_D is a constant), loss_g only G (D was frozen).
+        (loss_d + loss_g).backward()
+    opt_D.step()
+    opt_G.step()
+
+    with torch.no_grad():
+        loss_real, loss_fake = loss_real.detach(), loss_fake.detach()
+        metrics = {
+            "m_global": m_global(loss_real, loss_fake, cfg.gamma),
+            "k": k,
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "loss_real": loss_real,
+            "loss_fake": loss_fake,
+            "balance": balance(loss_real, loss_fake, cfg.gamma),
+        }
+        next_k = update_k(k, loss_real, loss_fake, cfg.gamma, cfg.lambda_k)
+    return TrainState(k=next_k, step=state.step + 1), metrics

@@ -1,0 +1,356 @@
+"""Experiment tracking behind one small interface; the only module that imports mlflow.
+
+The trainer calls a `Tracker`; it never knows where the numbers go.
+- `MlflowTracker` writes one MLflow run. Metrics and images are queued and written
+  by a background thread in batches, so a training step never waits on the
+  tracking store. Checkpoints go into the run's artifacts (written in place and
+  atomically when the artifact store is a local folder, uploaded otherwise).
+- `MemoryTracker` keeps everything in memory, for tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import torch
+from torch import nn
+
+from began.config import TrainConfig
+
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+CHECKPOINT_ARTIFACT_DIR = "checkpoints"
+DEFAULT_EXPERIMENT = "began"
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+
+
+class TrackingError(RuntimeError):
+    """The tracking store refused a request; the message says which run or experiment."""
+
+
+class Tracker(Protocol):
+    run_id: str
+
+    def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_image(self, key: str, image: np.ndarray, step: int) -> None: ...
+    def checkpoint_dir(self) -> Path: ...
+    def checkpoint_saved(self, path: Path) -> None: ...
+    def latest_checkpoint(self) -> Path | None: ...
+    def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None: ...
+    def finish(self, status: str, error: str | None = None) -> None: ...
+
+
+class MemoryTracker:
+    """Keeps a run's record in memory; checkpoints go to `checkpoint_root`."""
+
+    def __init__(self, checkpoint_root: Path | str, run_id: str = "memory-run") -> None:
+        self.run_id = run_id
+        self.root = Path(checkpoint_root)
+        self.params: dict[str, Any] = {}
+        self.tags: dict[str, str] = {}
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.images: list[tuple[str, int, np.ndarray]] = []
+        self.models_logged = False
+        self.status: str | None = None
+        self.error: str | None = None
+        self.starts: list[bool] = []  # the `resumed` flag of every start
+
+    def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
+        self.params = cfg.to_dict()
+        self.tags.update(tags)
+        self.starts.append(resumed)
+        self.status = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for name, value in metrics.items():
+            self.metrics.setdefault(name, []).append((step, float(value)))
+
+    def log_image(self, key: str, image: np.ndarray, step: int) -> None:
+        self.images.append((key, step, image))
+
+    def checkpoint_dir(self) -> Path:
+        return self.root / self.run_id / CHECKPOINT_ARTIFACT_DIR
+
+    def checkpoint_saved(self, path: Path) -> None:
+        pass
+
+    def latest_checkpoint(self) -> Path | None:
+        path = self.checkpoint_dir() / "last.pt"
+        return path if path.is_file() else None
+
+    def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None:
+        self.models_logged = True
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.status, self.error = status, error
+
+    def history(self, name: str) -> list[tuple[int, float]]:
+        return self.metrics.get(name, [])
+
+
+def _local_path(uri: str) -> Path | None:
+    """The folder behind a file artifact URI, or None for remote stores."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    return None
+
+
+class _BackgroundWriter:
+    """One thread that drains queued metrics, images and uploads into the store."""
+
+    def __init__(self, flush: Callable[[list[Any], list[Callable[[], None]]], None]) -> None:
+        self._flush = flush
+        self._metrics: list[Any] = []
+        self._tasks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._failures = 0
+        self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def add_metrics(self, metrics: list[Any]) -> None:
+        with self._lock:
+            self._metrics.extend(metrics)
+
+    def add_task(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            self._tasks.append(task)
+        self._wake.set()
+
+    def _drain(self) -> None:
+        with self._lock:
+            metrics, self._metrics = self._metrics, []
+            tasks, self._tasks = self._tasks, []
+        try:
+            self._flush(metrics, tasks)
+            self._failures = 0
+        except Exception as error:  # the store may be down: keep the data, retry later
+            with self._lock:
+                self._metrics[:0] = metrics
+                self._tasks[:0] = tasks
+            self._failures += 1
+            if self._failures == 1:
+                warnings.warn(f"tracking store write failed, will retry: {error}", stacklevel=1)
+            if self._stopped:
+                raise
+
+    def _run(self, interval: float = 2.0) -> None:
+        while not self._stopped:
+            self._wake.wait(interval)
+            self._wake.clear()
+            with contextlib.suppress(Exception):
+                self._drain()
+
+    def close(self) -> None:
+        """Stop the thread and write what is left, in the caller's thread."""
+        self._stopped = True
+        self._wake.set()
+        self._thread.join()
+        self._drain()
+
+
+class MlflowTracker:
+    """One MLflow run: a new one, or an existing one to resume (`run_id`)."""
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str = DEFAULT_EXPERIMENT,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> None:
+        import mlflow
+        from mlflow.entities import Metric
+
+        self._metric_type = Metric
+        self.client = mlflow.MlflowClient(tracking_uri)
+        self.tracking_uri = self.client._tracking_client.tracking_uri
+        self._experiment, self._run_name, self._parent = experiment, run_name, parent_run_id
+        self.run_id = ""  # a new run is created by start(), once the data has loaded
+        self.experiment_id = ""
+        self.artifact_dir: Path | None = None
+        if run_id is not None:
+            try:
+                self._attach(self.client.get_run(run_id))
+            except Exception as error:
+                raise TrackingError(
+                    f"--resume {run_id}: no such run in {self.tracking_uri}"
+                ) from error
+
+    def _attach(self, run: Any) -> None:
+        self.run_id = run.info.run_id
+        self.experiment_id = run.info.experiment_id
+        self.artifact_dir = _local_path(run.info.artifact_uri)
+        self._staging_dir: Path | None = None
+        self._writer = _BackgroundWriter(self._write)
+
+    @property
+    def _staging(self) -> Path:
+        """A local folder for checkpoints on their way to a remote artifact store."""
+        if self._staging_dir is None:
+            self._staging_dir = Path(tempfile.mkdtemp(prefix=f"began-{self.run_id}-"))
+        return self._staging_dir
+
+    def _create_run(self) -> None:
+        tags = {"mlflow.parentRunId": self._parent} if self._parent else {}
+        experiment_id = self._experiment_id(self._experiment)
+        self._attach(self.client.create_run(experiment_id, run_name=self._run_name, tags=tags))
+
+    def _experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                raise TrackingError(
+                    f"--experiment {name}: experiment is deleted; restore or rename"
+                )
+            return experiment.experiment_id
+        return self.client.create_experiment(name)
+
+    def _write(self, metrics: list[Any], tasks: list[Callable[[], None]]) -> None:
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(
+                self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH]
+            )
+        while tasks:
+            tasks[0]()
+            tasks.pop(0)
+
+    def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
+        from mlflow.entities import Param, RunTag
+
+        if not self.run_id:
+            self._create_run()
+        if resumed:
+            self.client.update_run(self.run_id, status="RUNNING")
+            count = int(self.client.get_run(self.run_id).data.tags.get("resume_count", "0"))
+            tags = {**tags, "resume_count": str(count + 1)}
+        else:
+            params = [Param(key, str(value)) for key, value in cfg.to_dict().items()]
+            self.client.log_batch(self.run_id, params=params)
+            self.client.log_text(self.run_id, cfg.to_json(), "config.json")
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        entries = [self._metric_type(k, float(v), now, step) for k, v in metrics.items()]
+        self._writer.add_metrics(entries)
+
+    def log_image(self, key: str, image: np.ndarray, step: int) -> None:
+        self._writer.add_task(
+            lambda: self.client.log_image(self.run_id, image, key=key, step=step, synchronous=True)
+        )
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._writer.add_task(lambda: self.client.log_text(self.run_id, text, artifact_file))
+
+    def close(self) -> None:
+        """Write everything queued, leaving the run's status as it is."""
+        self._writer.close()
+
+    def checkpoint_dir(self) -> Path:
+        if self.artifact_dir is not None:
+            return self.artifact_dir / CHECKPOINT_ARTIFACT_DIR  # written in place, atomically
+        return self._staging / CHECKPOINT_ARTIFACT_DIR
+
+    def checkpoint_saved(self, path: Path) -> None:
+        if self.artifact_dir is None:  # remote store: upload a copy in the background
+            # A hard link freezes this version: the next checkpoint replaces `path`, not it.
+            snapshot = self._staging / f"upload-{time.monotonic_ns()}" / path.name
+            snapshot.parent.mkdir()
+            os.link(path, snapshot)
+            self._writer.add_task(lambda: self._upload(snapshot))
+
+    def _upload(self, snapshot: Path) -> None:
+        self.client.log_artifact(self.run_id, str(snapshot), CHECKPOINT_ARTIFACT_DIR)
+        shutil.rmtree(snapshot.parent, ignore_errors=True)
+
+    def latest_checkpoint(self) -> Path | None:
+        if not self.run_id:
+            return None  # a run not created yet has no checkpoint
+        local = self.checkpoint_dir() / "last.pt"
+        if local.is_file():
+            return local
+        if self.artifact_dir is not None:
+            return None
+        try:
+            path = self.client.download_artifacts(
+                self.run_id, f"{CHECKPOINT_ARTIFACT_DIR}/last.pt", str(self._staging)
+            )
+        except Exception:
+            return None
+        return Path(path)
+
+    def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None:
+        self._writer.close()  # everything queued is written before the slow model upload
+        with _fluent_target(self.tracking_uri, self.experiment_id):
+            _log_torch_model(G, "generator", self.run_id, torch.zeros(2, cfg.hidden))
+            image = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
+            _log_torch_model(D, "discriminator", self.run_id, image)
+        self._writer = _BackgroundWriter(self._write)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        try:
+            self._writer.close()
+        finally:
+            if error is not None:
+                self.client.set_tag(self.run_id, "error", error[:5000])
+            self.client.set_terminated(self.run_id, status=status)
+
+
+_GLOBAL_MLFLOW_LOCK = threading.Lock()
+_FLUENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+
+
+@contextlib.contextmanager
+def _fluent_target(tracking_uri: str, experiment_id: str) -> Iterator[None]:
+    """Point mlflow's fluent API at this run's store and experiment, meanwhile.
+
+    mlflow.pytorch.log_model reads both from process-wide settings, not from the
+    run it is given; without this its model would land in the default experiment.
+    The environment variables are restored after, so nothing leaks into the next run.
+    """
+    with _GLOBAL_MLFLOW_LOCK:
+        previous = {name: os.environ.get(name) for name in _FLUENT_VARIABLES}
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+        try:
+            yield
+        finally:
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def _log_torch_model(model: nn.Module, name: str, run_id: str, example: torch.Tensor) -> None:
+    import mlflow.pytorch
+
+    model = copy.deepcopy(model).cpu().eval()  # a copy: the caller's model stays where it is
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.pytorch.log_model(
+            model,
+            name=name,
+            run_id=run_id,
+            serialization_format="pt2",
+            # Explicit requirements: inferring them imports the world and takes seconds.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            code_paths=[str(Path(__file__).parent)],
+            input_example=example.numpy(),
+        )
