@@ -25,14 +25,7 @@ from began.metrics import EvalInputs, MetricRequest, evaluate, parse_metrics
 from began.models import Discriminator, Generator, sample_z
 from began.run import resolve_device
 
-EVAL_Z_SEED_OFFSET = 104_729  # evaluation z is drawn apart from the training and grid z
-GENERATE_CHUNK = 256  # images generated per forward pass
-
-
-def evaluation_z(cfg: TrainConfig, count: int) -> torch.Tensor:
-    """The z of quality evaluations: the same at every evaluation, for comparable curves."""
-    rng = torch.Generator().manual_seed(cfg.seed + EVAL_Z_SEED_OFFSET)
-    return sample_z(count, cfg.hidden, rng)
+EVAL_Z_SEED_OFFSET = 104_729  # the evaluation z stream is apart from the training and grid z
 
 
 @torch.no_grad()
@@ -49,14 +42,12 @@ def quality_metrics(
     """The requested metrics of G (samples) and D (reconstructions), by logged name."""
     if not requests:
         return {}
-    drawn = 0
+    rng = torch.Generator().manual_seed(cfg.seed + EVAL_Z_SEED_OFFSET)
 
     def generate(count: int) -> torch.Tensor:
-        # Successive calls continue one fixed sequence of z, so n samples are always the same n.
-        nonlocal drawn
-        z = evaluation_z(cfg, drawn + count)[drawn:].to(device)
-        drawn += count
-        return torch.cat([G(chunk) for chunk in z.split(GENERATE_CHUNK)])
+        # One z stream per evaluation, drawn on the CPU: the same samples on every device.
+        # evaluate() asks for chunks of at most EvalInputs.batch_size images.
+        return G(sample_z(count, cfg.hidden, rng).to(device))
 
     inputs = EvalInputs(
         generate=generate,

@@ -33,7 +33,7 @@ def _conv_block(in_channels: int, out_channels: int, repeat: int) -> nn.Sequenti
     layers: list[nn.Module] = []
     for i in range(repeat):
         layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1)]
-        layers += [nn.ELU()]
+        layers += [nn.ELU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -41,7 +41,7 @@ class Encoder(nn.Module):
     def __init__(self, image_size: int, filters: int, hidden: int, repeat: int) -> None:
         super().__init__()
         scales = num_scales(image_size)
-        self.stem = nn.Sequential(nn.Conv2d(3, filters, 3, padding=1), nn.ELU())
+        self.stem = nn.Sequential(nn.Conv2d(3, filters, 3, padding=1), nn.ELU(inplace=True))
         blocks: list[nn.Module] = []
         for scale in range(scales):
             channels = filters * (scale + 1)
@@ -49,7 +49,7 @@ class Encoder(nn.Module):
             if scale < scales - 1:
                 # Sub-sampling: a stride-2 conv that also grows the filters by n.
                 blocks += [nn.Conv2d(channels, channels + filters, 3, stride=2, padding=1)]
-                blocks += [nn.ELU()]
+                blocks += [nn.ELU(inplace=True)]
         self.blocks = nn.Sequential(*blocks)
         self.out_channels = filters * scales
         self.to_hidden = nn.Linear(self.out_channels * BASE_SIZE * BASE_SIZE, hidden)

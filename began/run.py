@@ -60,16 +60,16 @@ class Run:
         return z_D, z_G
 
 
-def _adam(module: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    # foreach (CPU) / fused (GPU) Adam update all tensors of a model in a few kernels.
-    fused = device.type == "cuda"
+def _adam(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # The fused kernel updates all tensors of a model at once, on GPU and CPU alike
+    # (3-4x faster than the per-tensor loop on CPU at the demo size).
     return torch.optim.Adam(
-        module.parameters(),
-        lr=cfg.lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        fused=fused or None,
-        foreach=None if fused else True,
+        module.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=True
     )
+
+
+def _compiled(module: nn.Module, mode: str) -> nn.Module:
+    return module if mode == "off" else torch.compile(module, mode=mode)
 
 
 def build_run(cfg: TrainConfig, device: torch.device) -> Run:
@@ -95,10 +95,10 @@ def build_run(cfg: TrainConfig, device: torch.device) -> Run:
         device=device,
         G=G,
         D=D,
-        G_forward=torch.compile(G) if cfg.compile else G,
-        D_forward=torch.compile(D) if cfg.compile else D,
-        opt_G=_adam(G, cfg, device),
-        opt_D=_adam(D, cfg, device),
+        G_forward=_compiled(G, cfg.compile),
+        D_forward=_compiled(D, cfg.compile),
+        opt_G=_adam(G, cfg),
+        opt_D=_adam(D, cfg),
         state=TrainState(k=torch.tensor(cfg.k_init, device=device)),
         schedule=PlateauHalving(cfg.lr, cfg.lr_min, cfg.lr_window, cfg.lr_patience, device),
         z_rng=z_rng,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -90,24 +91,32 @@ def train(
                 f"checkpoint has {checkpoint.dataset_fingerprint})"
             )
         restore(run, checkpoint)
+    sampler = BatchSampler(torch.from_numpy(train_images).to(device), cfg.batch_size, cfg.seed)
+    loop = _Loop(run, tracker, dataset, heldout_images, should_stop, quiet, cache_dir)
     tracker.start(cfg, _run_tags(cfg, dataset, device), resumed=checkpoint_path is not None)
     if not quiet:
         tqdm.write(f"run {tracker.run_id}: {dataset.kept} images, device {device}")
-    loop = _Loop(run, tracker, dataset, heldout_images, should_stop, quiet, cache_dir)
-    sampler = BatchSampler(torch.from_numpy(train_images).to(device), cfg.batch_size, cfg.seed)
     with deferred_interrupts() as stop_flag:
         try:
             return loop.execute(sampler, stop_flag)
         except TrainingInterrupted:
             raise  # already checkpointed and marked KILLED
         except KeyboardInterrupt:
-            tracker.finish(KILLED, error="interrupted twice: stopped without a final checkpoint")
+            _finish_quietly(tracker, KILLED, "interrupted twice: stopped without a checkpoint")
             raise
         except BaseException as error:
-            tracker.finish(FAILED, error=f"{type(error).__name__}: {error}")
+            _finish_quietly(tracker, FAILED, f"{type(error).__name__}: {error}")
             raise
         finally:
             loop.close()
+
+
+def _finish_quietly(tracker: Tracker, status: str, error: str) -> None:
+    """Record how the run ended without hiding why it ended, even if the store is down."""
+    try:
+        tracker.finish(status, error=error)
+    except Exception as tracking_error:
+        warnings.warn(f"could not mark the run {status}: {tracking_error}", stacklevel=2)
 
 
 def _run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict[str, str]:
@@ -158,10 +167,11 @@ class _Loop:
             total=self.cfg.steps, initial=run.state.step, disable=quiet, unit="step",
             dynamic_ncols=True, smoothing=0.05,
         )  # fmt: skip
-        self.log_clock = (time.perf_counter(), run.state.step)
+        self.log_clock = (0.0, run.state.step)  # set when the loop starts
 
     def execute(self, sampler: BatchSampler, stop_flag: StopFlag) -> TrainResult:
         run, cfg = self.run, self.cfg
+        self.log_clock = (time.perf_counter(), run.state.step)
         stopped_early = False
         while run.state.step < cfg.steps and not stopped_early:
             if stop_flag:

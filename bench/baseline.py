@@ -11,6 +11,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from began.models import Discriminator, Generator
+
+
+def plain_models(
+    image_size: int, filters: int, hidden: int, repeat: int
+) -> tuple[Generator, Discriminator]:
+    """The paper's G and D as a user would write them: out-of-place ELU."""
+    G = Generator(image_size, filters, hidden, repeat)
+    D = Discriminator(image_size, filters, hidden, repeat)
+    for module in [*G.modules(), *D.modules()]:
+        if isinstance(module, nn.ELU):
+            module.inplace = False
+    return G, D
+
 
 def l1_reconstruction(D: nn.Module, v: torch.Tensor) -> torch.Tensor:
     return torch.mean(torch.abs(v - D(v)))

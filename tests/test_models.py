@@ -48,7 +48,9 @@ def test_encoder_grows_filters_linearly_and_subsamples_with_stride_2():
     strided = [m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
     assert [m.out_channels for m in strided] == [16, 24, 32]  # n -> 2n -> 3n -> 4n
     assert encoder.out_channels == 32
-    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d)) for m in encoder.modules())
+    assert not any(
+        isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d)) for m in encoder.modules()
+    )
 
 
 def test_all_convs_are_3x3_with_elu_and_no_transposed_conv():

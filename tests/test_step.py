@@ -15,7 +15,9 @@ SIZE, FILTERS, HIDDEN, BATCH = 16, 4, 8, 4
 
 def make(seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    cfg = TrainConfig(image_size=SIZE, filters=FILTERS, hidden=HIDDEN, batch_size=BATCH, **overrides)
+    cfg = TrainConfig(
+        image_size=SIZE, filters=FILTERS, hidden=HIDDEN, batch_size=BATCH, **overrides
+    )
     G = Generator(SIZE, FILTERS, HIDDEN, 1).double()
     D = Discriminator(SIZE, FILTERS, HIDDEN, 1).double()
     rng = torch.Generator().manual_seed(seed)
@@ -107,7 +109,9 @@ def test_bf16_autocast_stays_close_to_fp32():
     G, D, x, z_D, z_G = G.float(), D.float(), x.float(), z_D.float(), z_G.float()
     G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
     _, fp32 = sgd_step(G, D, x, z_D, z_G, 0.0, cfg)
-    _, bf16 = sgd_step(G2, D2, x, z_D, z_G, 0.0, TrainConfig(**{**cfg.to_dict(), "precision": "bf16"}))
+    _, bf16 = sgd_step(
+        G2, D2, x, z_D, z_G, 0.0, TrainConfig(**{**cfg.to_dict(), "precision": "bf16"})
+    )
     for name in ("loss_real", "loss_fake", "m_global"):
         assert bf16[name].item() == pytest.approx(fp32[name].item(), rel=0.05)
 

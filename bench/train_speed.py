@@ -1,0 +1,236 @@
+"""Training speed: the project's step against the plain baseline, in one process.
+
+    python -m bench.train_speed --image-size 32 --filters 16 --batch-size 16 --steps 50
+    python -m bench.train_speed --image-size 64 --filters 64 --steps 10 --json
+    python -m bench.train_speed --concurrent 4 --device cuda   # N runs sharing one device
+
+Both loops run on the same device, the same architecture and batch, interleaved
+repeat by repeat so that drift hits both alike; each figure is the median of the
+repeats after a warm-up. The project's loop is what `began.train` runs per step
+(batch from the uint8 cache, z draws, train_step, lr schedule), with the config
+flags given here. With --json the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from began.config import TrainConfig
+from began.data import BatchSampler
+from began.models import sample_z
+from began.run import build_run, resolve_device
+from began.step import train_step
+from bench.baseline import baseline_step, plain_models
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def project_loop(cfg: TrainConfig, device: torch.device) -> Callable[[], None]:
+    run = build_run(cfg, device)
+    images = torch.randint(0, 256, (512, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
+    sampler = BatchSampler(images.to(device), cfg.batch_size, cfg.seed)
+
+    def step() -> None:
+        x = sampler.batch(run.state.step)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        z_D, z_G = run.sample_noise()
+        run.state, metrics = train_step(
+            run.G_forward, run.D_forward, run.opt_G, run.opt_D, x, z_D, z_G, run.state, cfg
+        )
+        if run.schedule.observe(metrics["m_global"]):
+            run.schedule.apply(run.opt_G, run.opt_D)
+
+    return step
+
+
+def baseline_loop(cfg: TrainConfig, device: torch.device) -> Callable[[], None]:
+    torch.manual_seed(cfg.seed)
+    G, D = plain_models(cfg.image_size, cfg.filters, cfg.hidden, cfg.repeat)
+    G, D = G.to(device), D.to(device)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    data = torch.rand(512, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1
+    k = [0.0]
+
+    def step() -> None:
+        x = data[torch.randint(0, len(data), (cfg.batch_size,), device=device)]
+        z_D = sample_z(cfg.batch_size, cfg.hidden, device=device)
+        z_G = sample_z(cfg.batch_size, cfg.hidden, device=device)
+        k[0], _ = baseline_step(G, D, opt_G, opt_D, x, z_D, z_G, k[0], cfg.gamma, cfg.lambda_k)
+
+    return step
+
+
+def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> float:
+    """Seconds for `steps` steps, device work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def flop_per_image(cfg: TrainConfig, device: torch.device) -> float:
+    """FLOPs of one project step (forward and backward of G and D) per image."""
+    run = build_run(TrainConfig(**{**cfg.to_dict(), "compile": "off"}), device)
+    x = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1
+    z_D, z_G = run.sample_noise()
+    with FlopCounterMode(display=False) as counter:
+        train_step(run.G, run.D, run.opt_G, run.opt_D, x, z_D, z_G, run.state, cfg)
+    return counter.get_total_flops() / cfg.batch_size
+
+
+def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
+    """A large fp32 matmul: the machine's practical ceiling for dense math."""
+    n = 4096 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times[1:]) / 1e9
+
+
+def measure(cfg: TrainConfig, device: torch.device, steps: int, repeats: int, warmup: int) -> dict:
+    loops = {"project": project_loop(cfg, device), "baseline": baseline_loop(cfg, device)}
+    for step in loops.values():
+        time_steps(step, warmup, device)
+    seconds: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(repeats):
+        for name, step in loops.items():
+            seconds[name].append(time_steps(step, steps, device))
+    rate = {name: steps * cfg.batch_size / statistics.median(s) for name, s in seconds.items()}
+    flop = flop_per_image(cfg, device)
+    return {
+        "images_per_s": rate["project"],
+        "baseline_images_per_s": rate["baseline"],
+        "ratio": rate["project"] / rate["baseline"],
+        "gflop_per_image": flop / 1e9,
+        "achieved_gflops": rate["project"] * flop / 1e9,
+        "baseline_gflops": rate["baseline"] * flop / 1e9,
+        "matmul_gflops": matmul_gflops(device),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "config": {k: getattr(cfg, k) for k in FLAGS},
+        "steps": steps,
+        "repeats": repeats,
+    }
+
+
+FLAGS = ("image_size", "filters", "hidden", "repeat", "batch_size", "precision", "compile",
+         "channels_last", "shared_fake")  # fmt: skip
+
+
+def concurrent(args: argparse.Namespace, count: int) -> dict:
+    """`count` independent training processes on one device: aggregate images/s."""
+    command = [sys.executable, "-m", "bench.train_speed", "--worker", *sys.argv[1:]]
+    command = [c for c in command if not c.startswith("--concurrent")]
+    if args.device_threads is None and resolve_device(args.device).type == "cpu":
+        threads = max(torch.get_num_threads() // count, 1)  # share the cores, do not fight
+        command += ["--device-threads", str(threads)]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    results = [json.loads(w.communicate()[0].strip().splitlines()[-1]) for w in workers]
+    return {
+        "concurrent": count,
+        "aggregate_images_per_s": sum(r["images_per_s"] for r in results),
+        "per_run_images_per_s": [r["images_per_s"] for r in results],
+    }
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        image_size=args.image_size, filters=args.filters, hidden=args.hidden, repeat=args.repeat,
+        batch_size=args.batch_size, precision=args.precision, compile=args.compile,
+        channels_last=args.channels_last, shared_fake=args.shared_fake, device=args.device,
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.train_speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--filters", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device-threads", type=int, default=None, help="CPU threads")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--compile", default="off", help="off, default, reduce-overhead, ...")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--shared-fake", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--concurrent", type=str, default=None, help="e.g. 1,2,4")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    return parser
+
+
+def report(result: dict) -> None:
+    share = 100 * result["achieved_gflops"] / result["matmul_gflops"]
+    print(f"device {result['device_name']} ({result['threads']} threads), {result['config']}")
+    print(
+        f"project  {result['images_per_s']:9.1f} images/s {result['achieved_gflops']:8.1f} GFLOP/s"
+    )
+    print(
+        f"baseline {result['baseline_images_per_s']:9.1f} images/s "
+        f"{result['baseline_gflops']:8.1f} GFLOP/s"
+    )
+    print(f"ratio    {result['ratio']:9.2f}x ({result['gflop_per_image']:.2f} GFLOP per image)")
+    print(f"fp32 matmul {result['matmul_gflops']:.1f} GFLOP/s; the project reaches {share:.0f}%")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.device_threads:
+        torch.set_num_threads(args.device_threads)
+    cfg = config_from(args)
+    device = resolve_device(args.device)
+    if args.concurrent:
+        results = [concurrent(args, int(n)) for n in args.concurrent.split(",")]
+        for r in results:
+            print(
+                f"{r['concurrent']} runs: {r['aggregate_images_per_s']:.1f} images/s in aggregate"
+            )
+        if args.json:
+            print(json.dumps({"device": str(device), "concurrent": results}))
+        return
+    if args.worker:  # one of several concurrent runs: the project loop only
+        step = project_loop(cfg, device)
+        time_steps(step, args.warmup, device)
+        seconds = statistics.median(
+            time_steps(step, args.steps, device) for _ in range(args.repeats)
+        )
+        print(json.dumps({"images_per_s": args.steps * cfg.batch_size / seconds}))
+        return
+    result = measure(cfg, device, args.steps, args.repeats, args.warmup)
+    report(result)
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
