@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -111,11 +110,6 @@ class TrainConfig:
         """Rebuild a config, ignoring keys this version no longer knows."""
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
-
-    @property
-    def num_scales(self) -> int:
-        """Scales from 8x8 up to the image size (32 -> 3, 64 -> 4, 128 -> 5)."""
-        return int(math.log2(self.image_size)) - 2
 
 
 # What `python -m began.train` with no --data runs: a CPU demo that finishes in minutes.

@@ -141,10 +141,20 @@ FLAGS = ("image_size", "filters", "hidden", "repeat", "batch_size", "precision",
 
 def concurrent(args: argparse.Namespace, count: int) -> dict:
     """`count` independent training processes on one device: aggregate images/s."""
-    command = [sys.executable, "-m", "bench.train_speed", "--worker", *sys.argv[1:]]
-    command = [c for c in command if not c.startswith("--concurrent")]
-    if args.device_threads is None and resolve_device(args.device).type == "cpu":
+    command = [
+        sys.executable, "-m", "bench.train_speed", "--worker",
+        "--image-size", str(args.image_size), "--filters", str(args.filters),
+        "--hidden", str(args.hidden), "--repeat", str(args.repeat),
+        "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+        "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device,
+        "--precision", args.precision, "--compile", args.compile,
+        "--channels-last" if args.channels_last else "--no-channels-last",
+        "--shared-fake" if args.shared_fake else "--no-shared-fake",
+    ]  # fmt: skip
+    threads = args.device_threads
+    if threads is None and resolve_device(args.device).type == "cpu":
         threads = max(torch.get_num_threads() // count, 1)  # share the cores, do not fight
+    if threads is not None:
         command += ["--device-threads", str(threads)]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
     results = [json.loads(w.communicate()[0].strip().splitlines()[-1]) for w in workers]
