@@ -5,8 +5,9 @@
     python -m bench.train_speed --concurrent 4 --device cuda   # N runs sharing one device
 
 Both loops run on the same device, the same architecture and batch, interleaved
-repeat by repeat so that drift hits both alike; each figure is the median of the
-repeats after a warm-up. The project's loop is what `began.train` runs per step
+repeat by repeat (alternating which goes first) so that drift hits both alike;
+images/s are medians of the repeats after a warm-up, the ratio is the median of
+the per-repeat ratios. The project's loop is what `began.train` runs per step
 (batch from the uint8 cache, z draws, train_step, lr schedule), with the config
 flags given here. With --json the last line is one JSON object.
 """
@@ -113,15 +114,18 @@ def measure(cfg: TrainConfig, device: torch.device, steps: int, repeats: int, wa
     for step in loops.values():
         time_steps(step, warmup, device)
     seconds: dict[str, list[float]] = {name: [] for name in loops}
-    for _ in range(repeats):
-        for name, step in loops.items():
-            seconds[name].append(time_steps(step, steps, device))
+    for repeat in range(repeats):
+        # Alternate which loop goes first, so that a drifting machine favours neither.
+        for name in sorted(loops, reverse=repeat % 2 == 1):
+            seconds[name].append(time_steps(loops[name], steps, device))
     rate = {name: steps * cfg.batch_size / statistics.median(s) for name, s in seconds.items()}
+    # The ratio of each adjacent pair, then the median: robust to the machine's drift.
+    pairs = [b / p for p, b in zip(seconds["project"], seconds["baseline"], strict=True)]
     flop = flop_per_image(cfg, device)
     return {
         "images_per_s": rate["project"],
         "baseline_images_per_s": rate["baseline"],
-        "ratio": rate["project"] / rate["baseline"],
+        "ratio": statistics.median(pairs),
         "gflop_per_image": flop / 1e9,
         "achieved_gflops": rate["project"] * flop / 1e9,
         "baseline_gflops": rate["baseline"] * flop / 1e9,
@@ -185,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--device-threads", type=int, default=None, help="CPU threads")
