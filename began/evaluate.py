@@ -57,6 +57,7 @@ def quality_metrics(
         dataset_fingerprint=dataset.fingerprint,
         device=device,
         cache_dir=cache_dir,
+        feature_network=cfg.feature_network or None,
     )
     return evaluate(requests, inputs)
 
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples for every metric given without a count (default: each metric's own)",
     )  # fmt: skip
     parser.add_argument("--data", default=None, help="dataset path, if it moved since training")
+    parser.add_argument(
+        "--feature-network", default=None,
+        help="TorchScript feature network for FID/KID (default: the one the run used)",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--cache-dir", default=None, help="dataset and statistics cache folder")
     return parser
@@ -105,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     if path is None:
         fail(f"--run {args.run}: the run has no checkpoint to evaluate")
     checkpoint = load_checkpoint(path)
-    cfg = checkpoint.config if args.data is None else replace(checkpoint.config, data=args.data)
+    cfg = checkpoint.config
+    if args.data is not None:
+        cfg = replace(cfg, data=args.data)
+    if args.feature_network is not None:
+        cfg = replace(cfg, feature_network=args.feature_network)
     device = resolve_device(args.device)
     dataset = load_images(cfg.data, cfg.image_size, cfg.crop, cfg.keep_grayscale, args.cache_dir)
     if dataset.fingerprint != checkpoint.dataset_fingerprint:

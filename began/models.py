@@ -28,41 +28,12 @@ def num_scales(image_size: int) -> int:
     return int(math.log2(image_size)) - 2
 
 
-class _ELUFromExp(torch.autograd.Function):
-    """ELU as relu(x) + exp(min(x, 0)) - 1, with the fused ELU backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = torch.clamp_max(x, 0.0).exp_().sub_(1.0).add_(torch.relu(x))
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        return torch.ops.aten.elu_backward(grad, 1.0, 1.0, 1.0, True, out)
-
-
-class ELU(nn.Module):
-    """The paper's activation, ELU(x) = x if x > 0 else exp(x) - 1 (alpha = 1).
-
-    On CPU it is computed from exp: PyTorch's CPU expm1 is several times slower than
-    exp, and ELU was 13% of a training step at the demo size (docs/performance.md).
-    Elsewhere it is the fused in-place kernel.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":
-            return _ELUFromExp.apply(x)
-        return F.elu(x, inplace=True)
-
-
 def _conv_block(in_channels: int, out_channels: int, repeat: int) -> nn.Sequential:
     """`repeat` 3x3 convs with ELU; the first one maps in_channels to out_channels."""
     layers: list[nn.Module] = []
     for i in range(repeat):
         layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1)]
-        layers += [ELU()]
+        layers += [nn.ELU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -70,7 +41,7 @@ class Encoder(nn.Module):
     def __init__(self, image_size: int, filters: int, hidden: int, repeat: int) -> None:
         super().__init__()
         scales = num_scales(image_size)
-        self.stem = nn.Sequential(nn.Conv2d(3, filters, 3, padding=1), ELU())
+        self.stem = nn.Sequential(nn.Conv2d(3, filters, 3, padding=1), nn.ELU(inplace=True))
         blocks: list[nn.Module] = []
         for scale in range(scales):
             channels = filters * (scale + 1)
@@ -78,7 +49,7 @@ class Encoder(nn.Module):
             if scale < scales - 1:
                 # Sub-sampling: a stride-2 conv that also grows the filters by n.
                 blocks += [nn.Conv2d(channels, channels + filters, 3, stride=2, padding=1)]
-                blocks += [ELU()]
+                blocks += [nn.ELU(inplace=True)]
         self.blocks = nn.Sequential(*blocks)
         self.out_channels = filters * scales
         self.to_hidden = nn.Linear(self.out_channels * BASE_SIZE * BASE_SIZE, hidden)

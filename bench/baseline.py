@@ -11,19 +11,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from began.models import ELU, Discriminator, Generator
+from began.models import Discriminator, Generator
 
 
 def plain_models(
     image_size: int, filters: int, hidden: int, repeat: int
 ) -> tuple[Generator, Discriminator]:
-    """The paper's G and D as a user would write them: torch's own nn.ELU."""
+    """The paper's G and D as a user would write them: out-of-place ELU."""
     G = Generator(image_size, filters, hidden, repeat)
     D = Discriminator(image_size, filters, hidden, repeat)
-    for parent in [*G.modules(), *D.modules()]:
-        for name, child in parent.named_children():
-            if isinstance(child, ELU):
-                setattr(parent, name, nn.ELU())
+    for module in [*G.modules(), *D.modules()]:
+        if isinstance(module, nn.ELU):
+            module.inplace = False
     return G, D
 
 

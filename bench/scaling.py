@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"fp32 matmul: {matmul_gflops(device):.0f} GFLOP/s on {device}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
     print("| size | n | GFLOP/image | project img/s | baseline img/s | ratio | project GFLOP/s "
-          "| baseline GFLOP/s | s/step (project) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| baseline GFLOP/s | share of matmul | s/step (project) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
         for filters in (int(f) for f in args.filters.split(",")):
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {size} | {filters} | {r['gflop_per_image']:.2f} | {r['images_per_s']:.1f} "
                 f"| {r['baseline_images_per_s']:.1f} | {r['ratio']:.2f}x "
                 f"| {r['achieved_gflops']:.0f} | {r['baseline_gflops']:.0f} "
+                f"| {100 * r['matmul_share']:.0f}% "
                 f"| {args.batch_size / r['images_per_s']:.3f} |",
                 flush=True,
             )

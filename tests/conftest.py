@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -12,3 +14,17 @@ def isolated_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BEGAN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+
+
+@pytest.fixture
+def tiny_network(tmp_path):
+    """A cheap TorchScript stand-in for Inception that returns (N, 8, 1, 1) features."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.AdaptiveAvgPool2d(4), torch.nn.Conv2d(3, 8, 4), torch.nn.Tanh()
+    )
+    path = tmp_path / "tiny_network.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script/save are deprecated
+        torch.jit.save(torch.jit.script(module), str(path))
+    return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -224,8 +223,8 @@ def test_default_network_is_found_without_importing_fid_helper_or_cv2() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
-def test_feature_network_from_argument_or_environment(tmp_path, monkeypatch) -> None:
-    net = tiny_network(tmp_path / "tiny.pt")
+def test_feature_network_from_argument_or_environment(tmp_path, monkeypatch, tiny_network) -> None:
+    net = tiny_network
     monkeypatch.delenv(inception.FEATURE_NETWORK_ENV, raising=False)
     assert inception.resolve_network_path().name == "default_1.pt"
     assert inception.resolve_network_path(str(net)) == net.resolve()
@@ -237,18 +236,6 @@ def test_feature_network_from_argument_or_environment(tmp_path, monkeypatch) -> 
         inception.resolve_network_path(str(tmp_path / "missing.pt"))
 
 
-def tiny_network(path: Path) -> Path:
-    """A cheap TorchScript stand-in for Inception that returns (N, 8, 1, 1) features."""
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(
-        torch.nn.AdaptiveAvgPool2d(4), torch.nn.Conv2d(3, 8, 4), torch.nn.Tanh()
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script/save are deprecated
-        torch.jit.save(torch.jit.script(module), str(path))
-    return path
-
-
 # --- real-statistics cache -------------------------------------------------------------------
 
 
@@ -258,8 +245,8 @@ def fake_features(images: torch.Tensor, *args, **kwargs) -> np.ndarray:
     return torch.cat([means, means**2 / 255], dim=1).numpy().astype(np.float32)  # (N, 6)
 
 
-def test_real_statistics_are_cached_on_disk_per_key(tmp_path, monkeypatch) -> None:
-    net = str(tiny_network(tmp_path / "tiny.pt"))
+def test_real_statistics_are_cached_on_disk_per_key(tmp_path, monkeypatch, tiny_network) -> None:
+    net = str(tiny_network)
     images = natural_images(10, 16)
     calls: list[int] = []
 
@@ -288,8 +275,8 @@ def test_real_statistics_are_cached_on_disk_per_key(tmp_path, monkeypatch) -> No
     assert len(calls) == 3 and fewer.path != first.path and fewer.features.shape == (6, 6)
 
 
-def test_corrupt_cache_file_is_rebuilt_with_a_warning(tmp_path, monkeypatch) -> None:
-    net = str(tiny_network(tmp_path / "tiny.pt"))
+def test_corrupt_cache_file_is_rebuilt_with_a_warning(tmp_path, monkeypatch, tiny_network) -> None:
+    net = str(tiny_network)
     images = natural_images(6, 16)
     monkeypatch.setattr(inception, "extract_features", fake_features)
     good = real_stats.real_statistics(images, "faces", CPU, tmp_path, net)
@@ -439,8 +426,8 @@ def test_evaluate_end_to_end_with_inception(tmp_path) -> None:
     assert values["fid_12"] > 0 and len(list((tmp_path / "stats").glob("*.npz"))) == 1
 
 
-def test_evaluate_shares_features_and_checks_inputs(tmp_path, monkeypatch) -> None:
-    inputs, generated = tiny_inputs(tmp_path, str(tiny_network(tmp_path / "tiny.pt")))
+def test_evaluate_shares_features_and_checks_inputs(tmp_path, monkeypatch, tiny_network) -> None:
+    inputs, generated = tiny_inputs(tmp_path, str(tiny_network))
     extracted: list[int] = []
     original = inception.extract_features
 

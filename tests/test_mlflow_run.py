@@ -136,6 +136,17 @@ def test_evaluate_logs_into_the_finished_run(store):
     assert [m.step for m in store.get_metric_history(run_id, "m_global")] == [2, 4]
 
 
+def test_evaluate_with_another_feature_network(store, tiny_network):
+    main(tiny_args("--steps", "4", "--metrics", ""))
+    run_id = only_run(store).info.run_id
+    values = evaluate.main(["--run", run_id, "--metrics", "fid_8,kid_8",
+                            "--feature-network", str(tiny_network)])  # fmt: skip
+    assert set(values) == {"fid_8", "kid_8", "kid_8_std"} and values["fid_8"] > 0
+    assert [m.step for m in store.get_metric_history(run_id, "fid_8")] == [4]
+    with pytest.raises(SystemExit):
+        run_cli(evaluate.main, ["--run", run_id, "--feature-network", "/no/such/net.pt"])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -145,6 +156,7 @@ def test_evaluate_logs_into_the_finished_run(store):
         (["--device", "cuda:3"], "device"),
         (["--metrics", "fid,nonsense"], "metrics"),
         (["--crop", "banana"], "crop"),
+        (["--feature-network", "/no/such/net.pt"], "feature_network"),
         (["--resume", "0123456789abcdef"], "0123456789abcdef"),
     ],
 )

@@ -200,6 +200,16 @@ def test_should_stop_sees_each_evaluation_and_can_stop_the_run(tmp_path):
     assert load_checkpoint(tracker.latest_checkpoint()).step == 8
 
 
+def test_fid_and_kid_record_which_feature_network_scored_them(tmp_path, tiny_network):
+    cfg = tiny(steps=4, metrics="fid_8,kid_8", feature_network=str(tiny_network))
+    tracker, result = run_memory(tmp_path, cfg)
+    assert set(result.final.metrics) == {"fid_8", "kid_8", "kid_8_std"}
+    name, digest = tracker.tags["feature_network"].split(":sha256=")
+    assert name == tiny_network.name and len(digest) == 16
+    untagged, _ = run_memory(tmp_path, tiny(steps=2), name="no-fid")
+    assert "feature_network" not in untagged.tags  # no FID/KID asked for, no network loaded
+
+
 def test_runs_in_one_process_do_not_share_random_state(tmp_path):
     torch.manual_seed(123)
     before = torch.rand(3)
