@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -187,11 +186,13 @@ def _validate(cfg: TrainConfig) -> None:
     )
     _check_spec("crop", cfg.crop)
     _check_spec("metrics", cfg.metrics)
-    _require(
-        not cfg.feature_network or os.path.isfile(os.path.expanduser(cfg.feature_network)),
-        "feature_network",
-        f"no such file {cfg.feature_network!r}",
-    )
+    if cfg.feature_network:
+        from began.metrics.inception import resolve_network_path
+
+        try:
+            resolve_network_path(cfg.feature_network)  # the check evaluation itself makes
+        except FileNotFoundError as error:
+            raise ConfigError(str(error)) from None
     _require(
         cfg.holdout > 0 or "recon" not in cfg.metrics,
         "holdout",

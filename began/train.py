@@ -26,7 +26,7 @@ from began.data import BatchSampler, ImageSet, load_images, split_holdout
 from began.evaluate import quality_metrics
 from began.images import image_grid, reconstruction_grid
 from began.interrupts import StopFlag, deferred_interrupts
-from began.metrics import inception, parse_metrics
+from began.metrics import get_metric, inception, parse_metrics
 from began.provenance import device_name, git_commit, package_versions
 from began.run import Run, build_run, resolve_device, restore, snapshot
 from began.step import STEP_METRICS, train_step
@@ -119,9 +119,6 @@ def _finish_quietly(tracker: Tracker, status: str, error: str) -> None:
         warnings.warn(f"could not mark the run {status}: {tracking_error}", stacklevel=2)
 
 
-FEATURE_METRICS = ("fid", "kid")  # the metrics computed on the feature network's output
-
-
 def _run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict[str, str]:
     tags = {
         "git_commit": git_commit(),
@@ -135,7 +132,7 @@ def _run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict
         "dataset_skipped_unreadable": str(dataset.skipped_unreadable),
         "dataset_grayscale_kept": str(dataset.grayscale_kept).lower(),
     }
-    if any(r.name in FEATURE_METRICS for r in parse_metrics(cfg.metrics)):
+    if any(get_metric(r.name).uses_feature_network for r in parse_metrics(cfg.metrics)):
         # FID/KID are comparable only between runs that used the same feature network.
         network = inception.resolve_network_path(cfg.feature_network or None)
         tags["feature_network"] = inception.network_identity(network)

@@ -25,6 +25,7 @@ from began.metrics import (
     MetricRequest,
     evaluate,
     format_count,
+    get_metric,
     inception,
     known_metrics,
     logged_names,
@@ -375,6 +376,11 @@ def test_parse_metrics_rejects_bad_items_with_one_line(spec: str) -> None:
     message = str(error.value)
     assert message.startswith("metrics:") and "\n" not in message
     assert all(name in message for name in known_metrics())
+
+
+def test_fid_and_kid_are_the_metrics_scored_on_network_features() -> None:
+    # Runs that request these get a feature_network tag: their scores depend on the network.
+    assert {n for n in known_metrics() if get_metric(n).uses_feature_network} == {"fid", "kid"}
 
 
 def test_metric_direction_of_every_logged_name() -> None:

@@ -14,6 +14,7 @@ from began.metrics.metric_main import evaluate
 from began.metrics.registry import (
     MetricRequest,
     format_count,
+    get_metric,
     known_metrics,
     logged_names,
     metric_direction,
@@ -26,6 +27,7 @@ __all__ = [
     "MetricRequest",
     "evaluate",
     "format_count",
+    "get_metric",
     "known_metrics",
     "logged_names",
     "metric_direction",

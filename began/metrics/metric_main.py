@@ -21,7 +21,13 @@ from began.metrics.sharpness import mean_blur_effect
 from began.metrics.ssim import diversity_ssim, reconstruction_quality
 
 
-@register_metric("fid", default_count=1000, min_count=2, logged={"fid_{count}": "minimize"})
+@register_metric(
+    "fid",
+    default_count=1000,
+    min_count=2,
+    logged={"fid_{count}": "minimize"},
+    uses_feature_network=True,
+)
 def fid(ctx: EvalContext, num_samples: int) -> dict[str, float]:
     """FID of num_samples generated images against the cached real statistics."""
     real = ctx.real_stats()
@@ -34,6 +40,7 @@ def fid(ctx: EvalContext, num_samples: int) -> dict[str, float]:
     default_count=1000,
     min_count=2,
     logged={"kid_{count}": "minimize", "kid_{count}_std": "minimize"},
+    uses_feature_network=True,
 )
 def kid(ctx: EvalContext, num_samples: int) -> dict[str, float]:
     """KID (mean and std over subsets) of num_samples generated images against the real features."""

@@ -47,6 +47,7 @@ class MetricSpec:
     # Logged-name templates ("fid_{count}") -> "minimize" | "maximize".
     logged: dict[str, str]
     uses_samples: bool  # draws generated samples (recon uses held-out real images only)
+    uses_feature_network: bool  # scored on Inception (or --feature-network) features
 
     def logged_names(self, num_samples: int) -> list[str]:
         return [t.format(count=format_count(num_samples)) for t in self.logged]
@@ -62,6 +63,7 @@ def register_metric(
     logged: dict[str, str],
     min_count: int = 1,
     uses_samples: bool = True,
+    uses_feature_network: bool = False,
 ) -> Callable[[MetricFn], MetricFn]:
     """Decorator: register `fn(ctx, num_samples) -> {logged name: value}` under `name`."""
     if "_" in name:
@@ -71,7 +73,9 @@ def register_metric(
             raise ValueError(f"{template}: direction must be one of {DIRECTIONS}")
 
     def decorator(fn: MetricFn) -> MetricFn:
-        _REGISTRY[name] = MetricSpec(name, fn, default_count, min_count, dict(logged), uses_samples)
+        _REGISTRY[name] = MetricSpec(
+            name, fn, default_count, min_count, dict(logged), uses_samples, uses_feature_network
+        )
         return fn
 
     return decorator
