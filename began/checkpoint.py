@@ -42,6 +42,13 @@ class Checkpoint:
     schedule: dict[str, Any]
     z_rng_state: torch.Tensor
     dataset_fingerprint: str  # the data it was trained on, checked on resume
+    z_rng_device: str = "cpu"  # device type the z generator state belongs to
+    # The evaluation window: M_global summed over the steps since the last evaluation,
+    # so a resumed run reports the same mean as an unbroken one.
+    eval_sum: float = 0.0
+    eval_count: int = 0
+    # The last evaluation {"step", "m_global", "metrics"}: what a finished run reports.
+    last_eval: dict[str, Any] | None = None
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -58,6 +65,10 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "schedule": checkpoint.schedule,
         "z_rng_state": checkpoint.z_rng_state,
         "dataset_fingerprint": checkpoint.dataset_fingerprint,
+        "z_rng_device": checkpoint.z_rng_device,
+        "eval_sum": checkpoint.eval_sum,
+        "eval_count": checkpoint.eval_count,
+        "last_eval_json": json.dumps(checkpoint.last_eval),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -70,6 +81,11 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _rng_device(state: torch.Tensor) -> str:
+    # A CUDA (Philox) generator state is 16 bytes; the CPU Mersenne Twister's is 5056.
+    return "cuda" if state.numel() == 16 else "cpu"
 
 
 def load_checkpoint(path: Path | str) -> Checkpoint:
@@ -95,4 +111,9 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         schedule=payload["schedule"],
         z_rng_state=payload["z_rng_state"],
         dataset_fingerprint=str(payload["dataset_fingerprint"]),
+        # Checkpoints written before these fields existed: CPU-era defaults.
+        z_rng_device=str(payload.get("z_rng_device", _rng_device(payload["z_rng_state"]))),
+        eval_sum=float(payload.get("eval_sum", 0.0)),
+        eval_count=int(payload.get("eval_count", 0)),
+        last_eval=json.loads(payload.get("last_eval_json", "null")),
     )

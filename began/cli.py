@@ -19,15 +19,43 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-def add_config_options(parser: argparse.ArgumentParser, shown_defaults: dict[str, Any]) -> None:
-    """One `--field-name` option per TrainConfig field, with the field's help.
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: not for options whose help already states it, nor None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default:" in text or action.default is None:
+            return text
+        return super()._get_help_string(action)
+
+
+def option_flag(field_name: str) -> str:
+    """The command-line spelling of a config field: image_size -> --image-size."""
+    return "--" + field_name.replace("_", "-")
+
+
+def resume_command(module: str, run_id: str, tracking_uri: str | None) -> str:
+    """The whole command that continues a stopped run."""
+    command = f"python -m {module} --resume {run_id}"
+    return command + (f" --tracking-uri {tracking_uri}" if tracking_uri else "")
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser,
+    shown_defaults: dict[str, Any],
+    skip: frozenset[str] = frozenset(),
+) -> None:
+    """One `--field-name` option per TrainConfig field (but `skip`), with the field's help.
 
     Options default to None so that the caller can tell what the user set.
     """
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        if f.name in skip:
+            continue
+        flag = option_flag(f.name)
         default = shown_defaults.get(f.name, f.default)
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r}"
+        help_text += f"; with --data: {f.default!r})" if default != f.default else ")"
         if f.type in ("bool", bool):
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -56,8 +84,18 @@ def run_cli(main: Callable[[Sequence[str] | None], T], argv: Sequence[str] | Non
     try:
         return main(argv)
     except (ConfigError, CheckpointError, TrackingError, FileNotFoundError) as error:
-        fail(str(error))
+        fail(as_typed(str(error)))
     except ValueError as error:  # DataError and the metrics spec errors are ValueErrors
-        if type(error).__module__.startswith("began"):
-            fail(str(error))
+        if type(error).__module__.startswith(("began", "studies", "analysis")):
+            fail(as_typed(str(error)))
         raise
+
+
+def as_typed(message: str) -> str:
+    """ "image_size: must be ..." -> "--image-size: must be ...": name the option as typed."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    head, colon, rest = message.partition(":")
+    names_in_head = [name.strip() for name in head.split(",")]
+    if colon and all(name in names for name in names_in_head):
+        return ", ".join(option_flag(name) for name in names_in_head) + colon + rest
+    return message

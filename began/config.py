@@ -43,7 +43,11 @@ class TrainConfig:
     keep_grayscale: bool = option(
         False, "keep grayscale images (R == G == B); the reference run dropped them"
     )
-    holdout: int = option(256, "real images held back from training, for reconstruction metrics")
+    holdout: int = option(
+        -1,
+        "real images held back from training, for reconstruction metrics; "
+        "-1: min(256, a tenth of the images)",
+    )
     # --- model (paper Figure 1) ---
     filters: int = option(
         64, "n: filters of the first scale; the encoder grows them n, 2n, 3n, ..."
@@ -165,7 +169,7 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("log_every", "sample_every", "checkpoint_every"):
         _require(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
     _require(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
-    _require(cfg.holdout >= 0, "holdout", f"must be >= 0, got {cfg.holdout}")
+    _require(cfg.holdout >= -1, "holdout", f"must be >= 0, or -1 for auto, got {cfg.holdout}")
     _require(cfg.lr_patience >= 1, "lr_patience", f"must be >= 1, got {cfg.lr_patience}")
     _require(0.0 < cfg.gamma <= 1.0, "gamma", f"must be in (0, 1], got {cfg.gamma}")
     _require(cfg.lambda_k >= 0.0, "lambda_k", f"must be >= 0, got {cfg.lambda_k}")
@@ -194,7 +198,7 @@ def _validate(cfg: TrainConfig) -> None:
         except FileNotFoundError as error:
             raise ConfigError(str(error)) from None
     _require(
-        cfg.holdout > 0 or "recon" not in cfg.metrics,
+        cfg.holdout != 0 or "recon" not in cfg.metrics,
         "holdout",
         "must be > 0 for the recon metric (it scores D on images it never trained on)",
     )

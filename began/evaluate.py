@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     args = build_parser().parse_args(argv)
     requests = _requests(args.metrics, args.num_samples)
-    tracker = MlflowTracker(args.tracking_uri, run_id=args.run)
+    tracker = MlflowTracker(args.tracking_uri, run_id=args.run, run_option="--run")
     path = tracker.latest_checkpoint()
     if path is None:
         fail(f"--run {args.run}: the run has no checkpoint to evaluate")

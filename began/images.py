@@ -31,5 +31,15 @@ def reconstruction_grid(
     return image_grid(torch.cat(rows), columns=columns)
 
 
+VIEW_WIDTH = 1024  # px: a logged grid is upscaled to about this width
+
+
+def viewable(picture: np.ndarray, width: int = VIEW_WIDTH) -> np.ndarray:
+    """Upscale a grid by an integer factor (nearest neighbour: no invented detail) so that
+    a 32x32 grid, 272 px wide, is not a thumbnail in `mlflow ui`."""
+    factor = max(1, round(width / picture.shape[1]))
+    return picture.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def save_png(picture: np.ndarray, path: Path | str) -> None:
     Image.fromarray(picture).save(path)

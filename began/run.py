@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,7 +109,13 @@ def build_run(cfg: TrainConfig, device: torch.device) -> Run:
     )
 
 
-def snapshot(run: Run, dataset_fingerprint: str) -> Checkpoint:
+def snapshot(
+    run: Run,
+    dataset_fingerprint: str,
+    eval_sum: float = 0.0,
+    eval_count: int = 0,
+    last_eval: dict[str, Any] | None = None,
+) -> Checkpoint:
     return Checkpoint(
         config=run.cfg,
         step=run.state.step,
@@ -118,6 +127,10 @@ def snapshot(run: Run, dataset_fingerprint: str) -> Checkpoint:
         schedule=run.schedule.state_dict(),
         z_rng_state=run.z_rng.get_state(),
         dataset_fingerprint=dataset_fingerprint,
+        z_rng_device=run.device.type,
+        eval_sum=eval_sum,
+        eval_count=eval_count,
+        last_eval=last_eval,
     )
 
 
@@ -134,6 +147,11 @@ def check_resumable(saved: TrainConfig, cfg: TrainConfig) -> None:
         )
 
 
+def _resume_seed(seed: int, step: int) -> int:
+    digest = hashlib.blake2b(f"began-z-resume:{seed}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # manual_seed wants a non-negative int64
+
+
 def restore(run: Run, checkpoint: Checkpoint) -> None:
     """Put a run back exactly where the checkpoint left it."""
     check_resumable(checkpoint.config, run.cfg)
@@ -143,5 +161,16 @@ def restore(run: Run, checkpoint: Checkpoint) -> None:
     run.opt_D.load_state_dict(checkpoint.optimizer_D)
     run.schedule.load_state_dict(checkpoint.schedule)
     run.schedule.apply(run.opt_G, run.opt_D)
-    run.z_rng.set_state(checkpoint.z_rng_state)
+    if checkpoint.z_rng_device == run.device.type:
+        run.z_rng.set_state(checkpoint.z_rng_state)
+    else:
+        # A CPU generator state cannot drive a CUDA generator (nor the reverse). Weights,
+        # optimizers, k and step carry over; z continues from a stream derived from
+        # (seed, step) instead, and the run says so.
+        run.z_rng.manual_seed(_resume_seed(run.cfg.seed, checkpoint.step))
+        warnings.warn(
+            f"resuming a {checkpoint.z_rng_device} checkpoint on {run.device.type}: the z "
+            f"stream restarts from (seed, step {checkpoint.step}); not bit-exact",
+            stacklevel=2,
+        )
     run.state = TrainState(k=torch.tensor(checkpoint.k, device=run.device), step=checkpoint.step)

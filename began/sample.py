@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.run:
         from began.tracking import MlflowTracker
 
-        path = MlflowTracker(args.tracking_uri, run_id=args.run).latest_checkpoint()
+        tracker = MlflowTracker(args.tracking_uri, run_id=args.run, run_option="--run")
+        path = tracker.latest_checkpoint()
         if path is None:
             fail(f"--run {args.run}: the run has no checkpoint")
     else:

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -42,6 +42,7 @@ class TrackingError(RuntimeError):
 class Tracker(Protocol):
     run_id: str
 
+    def create(self) -> str: ...
     def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_image(self, key: str, image: np.ndarray, step: int) -> None: ...
@@ -49,6 +50,7 @@ class Tracker(Protocol):
     def checkpoint_saved(self, path: Path) -> None: ...
     def latest_checkpoint(self) -> Path | None: ...
     def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
     def finish(self, status: str, error: str | None = None) -> None: ...
 
 
@@ -62,10 +64,13 @@ class MemoryTracker:
         self.tags: dict[str, str] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.images: list[tuple[str, int, np.ndarray]] = []
-        self.models_logged = False
+        self.models_logged = 0  # how many times log_models was called
         self.status: str | None = None
         self.error: str | None = None
         self.starts: list[bool] = []  # the `resumed` flag of every start
+
+    def create(self) -> str:
+        return self.run_id
 
     def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
         self.params = cfg.to_dict()
@@ -91,7 +96,10 @@ class MemoryTracker:
         return path if path.is_file() else None
 
     def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None:
-        self.models_logged = True
+        self.models_logged += 1
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.tags.update({key: str(value) for key, value in tags.items()})
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.status, self.error = status, error
@@ -173,6 +181,7 @@ class MlflowTracker:
         run_name: str | None = None,
         run_id: str | None = None,
         parent_run_id: str | None = None,
+        run_option: str = "--resume",
     ) -> None:
         import mlflow
         from mlflow.entities import Metric
@@ -189,7 +198,7 @@ class MlflowTracker:
                 self._attach(self.client.get_run(run_id))
             except Exception as error:
                 raise TrackingError(
-                    f"--resume {run_id}: no such run in {self.tracking_uri}"
+                    f"{run_option} {run_id}: no such run in {self.tracking_uri}"
                 ) from error
 
     def _attach(self, run: Any) -> None:
@@ -206,10 +215,19 @@ class MlflowTracker:
             self._staging_dir = Path(tempfile.mkdtemp(prefix=f"began-{self.run_id}-"))
         return self._staging_dir
 
-    def _create_run(self) -> None:
-        tags = {"mlflow.parentRunId": self._parent} if self._parent else {}
-        experiment_id = self._experiment_id(self._experiment)
-        self._attach(self.client.create_run(experiment_id, run_name=self._run_name, tags=tags))
+    def create(self) -> str:
+        """Create the run now (before the data loads) so that its id can be recorded."""
+        if not self.run_id:
+            tags = {"mlflow.parentRunId": self._parent} if self._parent else {}
+            experiment_id = with_retries(
+                lambda: self._experiment_id(self._experiment), f"--experiment {self._experiment}"
+            )
+            run = with_retries(
+                lambda: self.client.create_run(experiment_id, run_name=self._run_name, tags=tags),
+                "creating the run",
+            )
+            self._attach(run)
+        return self.run_id
 
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -231,10 +249,12 @@ class MlflowTracker:
             tasks.pop(0)
 
     def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
+        self.create()
+        with_retries(lambda: self._start(cfg, tags, resumed), f"starting run {self.run_id}")
+
+    def _start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
         from mlflow.entities import Param, RunTag
 
-        if not self.run_id:
-            self._create_run()
         if resumed:
             self.client.update_run(self.run_id, status="RUNNING")
             count = int(self.client.get_run(self.run_id).data.tags.get("resume_count", "0"))
@@ -297,60 +317,87 @@ class MlflowTracker:
 
     def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None:
         self._writer.close()  # everything queued is written before the slow model upload
-        with _fluent_target(self.tracking_uri, self.experiment_id):
-            _log_torch_model(G, "generator", self.run_id, torch.zeros(2, cfg.hidden))
-            image = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
-            _log_torch_model(D, "discriminator", self.run_id, image)
+        image = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
+        for model, name, example in ((G, "generator", torch.zeros(2, cfg.hidden)),
+                                     (D, "discriminator", image)):  # fmt: skip
+            with_retries(
+                lambda model=model, name=name, example=example: _log_torch_model(
+                    self.client, self.experiment_id, self.run_id, model, name, example
+                ),
+                f"logging the {name} model",
+                attempts=3,
+            )
         self._writer = _BackgroundWriter(self._write)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(key, str(value)[:5000]) for key, value in tags.items()]
+        with_retries(lambda: self.client.log_batch(self.run_id, tags=entries), "tagging the run")
+
     def finish(self, status: str, error: str | None = None) -> None:
+        if not self.run_id:
+            return  # never created: nothing to mark
         try:
             self._writer.close()
         finally:
             if error is not None:
-                self.client.set_tag(self.run_id, "error", error[:5000])
-            self.client.set_terminated(self.run_id, status=status)
+                self.set_tags({"error": error})
+            with_retries(
+                lambda: self.client.set_terminated(self.run_id, status=status),
+                f"marking run {self.run_id} {status}",
+            )
 
 
-_GLOBAL_MLFLOW_LOCK = threading.Lock()
-_FLUENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
-
-
-@contextlib.contextmanager
-def _fluent_target(tracking_uri: str, experiment_id: str) -> Iterator[None]:
-    """Point mlflow's fluent API at this run's store and experiment, meanwhile.
-
-    mlflow.pytorch.log_model reads both from process-wide settings, not from the
-    run it is given; without this its model would land in the default experiment.
-    The environment variables are restored after, so nothing leaks into the next run.
-    """
-    with _GLOBAL_MLFLOW_LOCK:
-        previous = {name: os.environ.get(name) for name in _FLUENT_VARIABLES}
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+def with_retries(
+    action: Callable[[], Any], what: str, attempts: int = 5, first_delay: float = 0.5
+) -> Any:
+    """Run a store request, retrying with exponential backoff (a busy SQLite file, a
+    restarting server); after the last attempt, TrackingError says what failed."""
+    for attempt in range(attempts):
         try:
-            yield
-        finally:
-            for name, value in previous.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            return action()
+        except TrackingError:
+            raise
+        except Exception as error:
+            if attempt == attempts - 1:
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise TrackingError(f"tracking store: {what} failed: {first_line}") from error
+            time.sleep(first_delay * 2**attempt)
+    raise AssertionError("unreachable")
 
 
-def _log_torch_model(model: nn.Module, name: str, run_id: str, example: torch.Tensor) -> None:
+def _log_torch_model(
+    client: Any, experiment_id: str, run_id: str, model: nn.Module, name: str,
+    example: torch.Tensor,
+) -> None:  # fmt: skip
+    """Log `model` as the run's logged model `name` through this client alone.
+
+    mlflow.pytorch.log_model reads the tracking URI and experiment from process-wide
+    settings (mlflow.set_tracking_uri, set_experiment), so two runs in one process,
+    or a caller that set them, could send the model elsewhere. Saving locally and
+    uploading through the run's own client cannot be redirected.
+    """
     import mlflow.pytorch
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
     model = copy.deepcopy(model).cpu().eval()  # a copy: the caller's model stays where it is
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mlflow.pytorch.log_model(
-            model,
-            name=name,
-            run_id=run_id,
-            serialization_format="pt2",
-            # Explicit requirements: inferring them imports the world and takes seconds.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            code_paths=[str(Path(__file__).parent)],
-            input_example=example.numpy(),
-        )
+    logged = client.create_logged_model(
+        experiment_id, name=name, source_run_id=run_id, model_type="pytorch"
+    )
+    with tempfile.TemporaryDirectory(prefix="began-model-") as folder:
+        path = Path(folder) / name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mlflow.pytorch.save_model(
+                model,
+                str(path),
+                serialization_format="pt2",
+                # Explicit requirements: inferring them imports the world and takes seconds.
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                code_paths=[str(Path(__file__).parent)],
+                input_example=example.numpy(),
+            )
+        client.log_model_artifacts(logged.model_id, str(path))
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])

@@ -14,17 +14,19 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from began.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from began.cli import add_config_options, run_cli, user_overrides
+from began.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from began.cli import HelpFormatter, add_config_options, resume_command, run_cli, user_overrides
 from began.config import DEMO_OVERRIDES, ConfigError, TrainConfig
 from began.data import BatchSampler, ImageSet, load_images, split_holdout
+from began.data.sampler import holdout_count
 from began.evaluate import quality_metrics
-from began.images import image_grid, reconstruction_grid
+from began.images import image_grid, reconstruction_grid, viewable
 from began.interrupts import StopFlag, deferred_interrupts
 from began.metrics import get_metric, inception, parse_metrics
 from began.provenance import device_name, git_commit, package_versions
@@ -43,14 +45,31 @@ class EvalReport:
     m_global: float  # mean M_global over the steps since the previous evaluation
     metrics: dict[str, float] = field(default_factory=dict)  # quality metrics by logged name
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "m_global": self.m_global, "metrics": dict(self.metrics)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EvalReport:
+        return cls(int(values["step"]), float(values["m_global"]), dict(values["metrics"]))
+
+
+# should_stop returns None/False to go on, or a reason (a string; True means "no reason given").
+StopDecision = str | bool | None
+STOPPED = "STOPPED"  # TrainResult.status of a run that should_stop ended early
+
 
 @dataclass(frozen=True)
 class TrainResult:
     run_id: str
     step: int  # steps completed
-    status: str  # FINISHED or KILLED
-    stopped_early: bool  # should_stop asked to stop
+    status: str  # FINISHED (reached cfg.steps) or STOPPED (should_stop gave a reason)
     final: EvalReport  # the last evaluation
+    stop_reason: str | None = None
+    already_complete: bool = False  # the run had reached cfg.steps before this call
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.status == STOPPED
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -58,46 +77,53 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class TrainingDiverged(RuntimeError):
-    """M_global became NaN or infinite; the run is marked FAILED."""
+    """M_global or the weights became NaN or infinite; the run is marked FAILED."""
 
 
 def train(
     cfg: TrainConfig,
     tracker: Tracker,
-    should_stop: Callable[[EvalReport], bool] | None = None,
+    should_stop: Callable[[EvalReport], StopDecision] | None = None,
     *,
     quiet: bool = True,
     cache_dir: str | None = None,
+    log_models_when_stopped: bool = True,
 ) -> TrainResult:
-    """Train one run to cfg.steps, resuming from the tracker's checkpoint when it has one."""
-    device = resolve_device(cfg.device)
-    dataset = load_images(
-        cfg.data,
-        cfg.image_size,
-        cfg.crop,
-        cfg.keep_grayscale,
-        cache_dir=cache_dir,
-        progress=not quiet,
-    )
-    train_images, heldout_images = split_holdout(dataset.images, cfg.holdout)
-    run = build_run(cfg, device)
-    checkpoint_path = tracker.latest_checkpoint()
-    if checkpoint_path is not None:
-        checkpoint = load_checkpoint(checkpoint_path)
-        if checkpoint.dataset_fingerprint != dataset.fingerprint:
-            raise ConfigError(
-                f"data: {cfg.data or 'built-in'} is not the dataset this run was trained on "
-                f"(fingerprint {dataset.fingerprint}, "
-                f"checkpoint has {checkpoint.dataset_fingerprint})"
-            )
-        restore(run, checkpoint)
-    sampler = BatchSampler(torch.from_numpy(train_images).to(device), cfg.batch_size, cfg.seed)
-    loop = _Loop(run, tracker, dataset, heldout_images, should_stop, quiet, cache_dir)
-    tracker.start(cfg, _run_tags(cfg, dataset, device), resumed=checkpoint_path is not None)
-    if not quiet:
-        tqdm.write(f"run {tracker.run_id}: {dataset.kept} images, device {device}")
+    """Train one run to cfg.steps, resuming from the tracker's checkpoint when it has one.
+
+    The run exists in the tracker (tracker.run_id) before the data loads. A run whose
+    checkpoint already reached cfg.steps is not trained or logged again: the result
+    carries its final evaluation and `already_complete`.
+    """
+    existed = bool(tracker.run_id)
+    tracker.create()
+    started = False
+    loop: _Loop | None = None
     with deferred_interrupts() as stop_flag:
         try:
+            device = resolve_device(cfg.device)
+            dataset = load_images(
+                cfg.data, cfg.image_size, cfg.crop, cfg.keep_grayscale,
+                cache_dir=cache_dir, progress=not quiet,
+            )  # fmt: skip
+            train_images, heldout_images = split_holdout(dataset.images, cfg.holdout)
+            run = build_run(cfg, device)
+            checkpoint = _checkpoint_to_resume(tracker, dataset)
+            if checkpoint is not None and checkpoint.step >= cfg.steps:
+                return _complete_result(tracker.run_id, checkpoint)
+            if checkpoint is not None:
+                restore(run, checkpoint)
+            sampler = BatchSampler(
+                torch.from_numpy(train_images).to(device), cfg.batch_size, cfg.seed
+            )
+            loop = _Loop(run, tracker, dataset, heldout_images, should_stop, quiet, cache_dir)
+            loop.log_models_when_stopped = log_models_when_stopped
+            if checkpoint is not None:
+                loop.restore_window(checkpoint)
+            tracker.start(cfg, _run_tags(cfg, dataset, device), resumed=checkpoint is not None)
+            started = True
+            if not quiet:
+                tqdm.write(f"run {tracker.run_id}: {dataset.kept} images, device {device}")
             return loop.execute(sampler, stop_flag)
         except TrainingInterrupted:
             raise  # already checkpointed and marked KILLED
@@ -105,10 +131,37 @@ def train(
             _finish_quietly(tracker, KILLED, "interrupted twice: stopped without a checkpoint")
             raise
         except BaseException as error:
-            _finish_quietly(tracker, FAILED, f"{type(error).__name__}: {error}")
+            # A resumed run that failed before it started (bad --data, say) keeps its status.
+            if started or not existed:
+                _finish_quietly(tracker, FAILED, f"{type(error).__name__}: {error}")
             raise
         finally:
-            loop.close()
+            if loop is not None:
+                loop.close()
+
+
+def _checkpoint_to_resume(tracker: Tracker, dataset: ImageSet) -> Checkpoint | None:
+    path = tracker.latest_checkpoint()
+    if path is None:
+        return None
+    checkpoint = load_checkpoint(path)
+    if checkpoint.dataset_fingerprint != dataset.fingerprint:
+        raise ConfigError(
+            f"data: {checkpoint.config.data or 'built-in'} is not the dataset this run was "
+            f"trained on (fingerprint {dataset.fingerprint}, "
+            f"checkpoint has {checkpoint.dataset_fingerprint})"
+        )
+    return checkpoint
+
+
+def _complete_result(run_id: str, checkpoint: Checkpoint) -> TrainResult:
+    """A run that already reached its last step: report it, change nothing."""
+    final = (
+        EvalReport.from_dict(checkpoint.last_eval)
+        if checkpoint.last_eval is not None
+        else EvalReport(checkpoint.step, math.nan)  # written before evaluations were kept
+    )
+    return TrainResult(run_id, checkpoint.step, FINISHED, final, already_complete=True)
 
 
 def _finish_quietly(tracker: Tracker, status: str, error: str) -> None:
@@ -131,17 +184,21 @@ def _run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict
         "dataset_skipped_grayscale": str(dataset.skipped_grayscale),
         "dataset_skipped_unreadable": str(dataset.skipped_unreadable),
         "dataset_grayscale_kept": str(dataset.grayscale_kept).lower(),
+        "holdout_images": str(holdout_count(cfg.holdout, dataset.kept)),
     }
     if any(get_metric(r.name).uses_feature_network for r in parse_metrics(cfg.metrics)):
         # FID/KID are comparable only between runs that used the same feature network.
         network = inception.resolve_network_path(cfg.feature_network or None)
         tags["feature_network"] = inception.network_identity(network)
     if not cfg.data:
-        tags["dataset_note"] = (
-            "built-in demo: the 100 faces of skimage.data.lfw_subset(), 25x25 grayscale, "
-            "upscaled and kept despite being grayscale"
-        )
+        tags["dataset_note"] = BUILTIN_NOTE
     return tags
+
+
+BUILTIN_NOTE = (
+    "built-in demo: the 100 faces of skimage.data.lfw_subset(), 25x25 grayscale, "
+    "upscaled and kept despite being grayscale"
+)
 
 
 class _Loop:
@@ -153,7 +210,7 @@ class _Loop:
         tracker: Tracker,
         dataset: ImageSet,
         heldout: np.ndarray,
-        should_stop: Callable[[EvalReport], bool] | None,
+        should_stop: Callable[[EvalReport], StopDecision] | None,
         quiet: bool,
         cache_dir: str | None,
     ) -> None:
@@ -163,9 +220,12 @@ class _Loop:
         self.heldout = torch.from_numpy(heldout)
         self.cache_dir = cache_dir
         self.should_stop = should_stop
+        self.log_models_when_stopped = True
         self.requests = parse_metrics(self.cfg.metrics)
         self.eval_sum = torch.zeros((), device=run.device)  # M_global summed since the last eval
         self.eval_count = 0
+        # M_global summed since the last checkpoint: NaN here means "do not save".
+        self.health_sum = torch.zeros((), device=run.device)
         self.last_eval: EvalReport | None = None
         self.progress = tqdm(
             total=self.cfg.steps, initial=run.state.step, disable=quiet, unit="step",
@@ -173,11 +233,18 @@ class _Loop:
         )  # fmt: skip
         self.log_clock = (0.0, run.state.step)  # set when the loop starts
 
+    def restore_window(self, checkpoint: Checkpoint) -> None:
+        """Continue the evaluation window where the checkpoint left it."""
+        self.eval_sum.fill_(checkpoint.eval_sum)
+        self.eval_count = checkpoint.eval_count
+        if checkpoint.last_eval is not None:
+            self.last_eval = EvalReport.from_dict(checkpoint.last_eval)
+
     def execute(self, sampler: BatchSampler, stop_flag: StopFlag) -> TrainResult:
         run, cfg = self.run, self.cfg
         self.log_clock = (time.perf_counter(), run.state.step)
-        stopped_early = False
-        while run.state.step < cfg.steps and not stopped_early:
+        stop_reason: str | None = None
+        while run.state.step < cfg.steps and stop_reason is None:
             if stop_flag:
                 self._save_checkpoint()
                 self.tracker.finish(KILLED, error=f"stopped by {stop_flag.signal_name}")
@@ -186,18 +253,21 @@ class _Loop:
                 )
             self._one_step(sampler)
             step = run.state.step
+            if step == cfg.steps:
+                break  # the final record below evaluates, saves and logs this step
             if step % cfg.checkpoint_every == 0:
                 self._save_checkpoint()
             if step % cfg.sample_every == 0:
                 self._log_grids()
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                stopped_early = self._evaluate()
-        self._finish_record()
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                stop_reason = self._evaluate()
+        self._finish_record(log_models=stop_reason is None or self.log_models_when_stopped)
+        if stop_reason is not None:
+            self.tracker.set_tags({"stop_reason": stop_reason})
         self.tracker.finish(FINISHED)
         assert self.last_eval is not None
-        return TrainResult(
-            self.tracker.run_id, run.state.step, FINISHED, stopped_early, self.last_eval
-        )
+        status = FINISHED if stop_reason is None else STOPPED
+        return TrainResult(self.tracker.run_id, run.state.step, status, self.last_eval, stop_reason)
 
     def _one_step(self, sampler: BatchSampler) -> None:
         run, cfg = self.run, self.cfg
@@ -212,6 +282,7 @@ class _Loop:
         if run.schedule.observe(metrics["m_global"]):
             run.schedule.apply(run.opt_G, run.opt_D)
         self.eval_sum += metrics["m_global"]
+        self.health_sum += metrics["m_global"]
         self.eval_count += 1
         if run.state.step % cfg.log_every == 0:
             self._log_metrics(metrics, lr)
@@ -228,29 +299,46 @@ class _Loop:
         logged["images_per_s"] = (step - then_step) * self.cfg.batch_size / max(now - then, 1e-9)
         self.log_clock = (now, step)
         self.tracker.log_metrics(logged, step)
-        self.progress.update(step - self.progress.n)
+        # The postfix first: update() redraws, and must show this step's values.
         self.progress.set_postfix(
             m_global=f"{logged['m_global']:.4f}", k=f"{logged['k']:.4f}",
             img_s=f"{logged['images_per_s']:.0f}", refresh=False,
         )  # fmt: skip
+        self.progress.update(step - self.progress.n)
 
     @torch.no_grad()
     def _log_grids(self) -> None:
         run, step = self.run, self.run.state.step
-        self.tracker.log_image("samples", image_grid(run.G(run.fixed_z)), step)
+        self.tracker.log_image("samples", viewable(image_grid(run.G(run.fixed_z))), step)
         real = self.heldout if len(self.heldout) else torch.from_numpy(self.dataset.images)
         real = real[:RECONSTRUCTION_GRID_IMAGES].to(run.device).float() / 127.5 - 1.0
-        self.tracker.log_image("reconstructions", reconstruction_grid(real, run.D(real)), step)
+        grid = reconstruction_grid(real, run.D(real))
+        self.tracker.log_image("reconstructions", viewable(grid), step)
 
     def _save_checkpoint(self) -> None:
+        """Write the checkpoint, unless a step since the last one went NaN: a diverged
+        run must never overwrite its last good state."""
+        run = self.run
+        finite = [self.health_sum.isfinite()]
+        finite += [p.isfinite().all() for p in (*run.G.parameters(), *run.D.parameters())]
+        if not bool(torch.stack(finite).all()):  # one host sync per checkpoint
+            raise TrainingDiverged(
+                f"M_global or the weights are not finite at step {run.state.step}; "
+                "the last good checkpoint was kept"
+            )
+        self.health_sum.zero_()
         path = self.tracker.checkpoint_dir() / CHECKPOINT_NAME
-        save_checkpoint(path, snapshot(self.run, self.dataset.fingerprint))
+        last_eval = self.last_eval.to_dict() if self.last_eval is not None else None
+        state = snapshot(
+            run, self.dataset.fingerprint, self.eval_sum.item(), self.eval_count, last_eval
+        )
+        save_checkpoint(path, state)
         self.tracker.checkpoint_saved(path)
 
-    def _evaluate(self) -> bool:
-        """Quality metrics and mean M_global now; True when should_stop asks to stop."""
+    def _evaluate(self) -> str | None:
+        """Quality metrics and mean M_global now; the reason when should_stop asks to stop."""
         run, step = self.run, self.run.state.step
-        m_global = self.eval_sum.item() / max(self.eval_count, 1)
+        m_global = self.eval_sum.item() / self.eval_count if self.eval_count else math.nan
         self.eval_sum.zero_()
         self.eval_count = 0
         quality = quality_metrics(
@@ -259,18 +347,21 @@ class _Loop:
         )  # fmt: skip
         self.tracker.log_metrics({"m_global_mean": m_global, **quality}, step)
         self.last_eval = EvalReport(step, m_global, quality)
-        return bool(self.should_stop and self.should_stop(self.last_eval))
+        decision = self.should_stop(self.last_eval) if self.should_stop else None
+        if decision is True:
+            return "should_stop asked to stop"
+        return decision or None
 
-    def _finish_record(self) -> None:
-        """At the end: checkpoint, grids and evaluation at the final step, then the models."""
+    def _finish_record(self, log_models: bool) -> None:
+        """At the end: grids and evaluation at the final step, the checkpoint holding
+        that evaluation (a finished run reports it when resumed), then the models."""
         step = self.run.state.step
-        if step % self.cfg.checkpoint_every:
-            self._save_checkpoint()
-        if step % self.cfg.sample_every:
-            self._log_grids()
+        self._log_grids()
         if self.last_eval is None or self.last_eval.step != step:
             self._evaluate()
-        self.tracker.log_models(self.run.G, self.run.D, self.cfg)
+        self._save_checkpoint()
+        if log_models:
+            self.tracker.log_models(self.run.G, self.run.D, self.cfg)
 
     def close(self) -> None:
         self.progress.close()
@@ -281,9 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m began.train",
         description="Train BEGAN on a folder of face images and record the run in MLflow. "
         "Without --data: a short CPU demo on built-in faces (demo values shown as defaults).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    add_config_options(parser, shown_defaults={})
+    add_config_options(parser, shown_defaults=DEMO_OVERRIDES)
     parser.add_argument("--experiment", default="began", help="MLflow experiment name")
     parser.add_argument("--run-name", default=None, help="MLflow run name (default: generated)")
     parser.add_argument(
@@ -317,11 +408,18 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     try:
         result = train(cfg, tracker, quiet=args.quiet, cache_dir=args.cache_dir)
     except TrainingInterrupted as stop:
-        print(f"interrupted: {stop}; continue with --resume {tracker.run_id}")
+        command = resume_command("began.train", tracker.run_id, args.tracking_uri)
+        print(f"interrupted: {stop}; continue with:\n  {command}")
         raise SystemExit(130) from None
     final = {"m_global_mean": result.final.m_global, **result.final.metrics}
     summary = ", ".join(f"{name}={value:.4g}" for name, value in final.items())
-    print(f"finished run {result.run_id} at step {result.step}: {summary}")
+    if result.already_complete:
+        print(
+            f"run {result.run_id} is already complete at step {result.step} "
+            f"(add --steps N to train it further): {summary}"
+        )
+    else:
+        print(f"finished run {result.run_id} at step {result.step}: {summary}")
     return result
 
 

@@ -150,13 +150,13 @@ def test_evaluate_with_another_feature_network(store, tiny_network):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--image-size", "48"], "image_size"),
-        (["--gamma", "1.5"], "gamma"),
+        (["--image-size", "48"], "error: --image-size: "),
+        (["--gamma", "1.5"], "error: --gamma: "),
         (["--data", "/no/such/folder"], "/no/such/folder"),
-        (["--device", "cuda:3"], "device"),
-        (["--metrics", "fid,nonsense"], "metrics"),
-        (["--crop", "banana"], "crop"),
-        (["--feature-network", "/no/such/net.pt"], "feature_network"),
+        (["--device", "cuda:3"], "error: --device: "),
+        (["--metrics", "fid,nonsense"], "error: --metrics: "),
+        (["--crop", "banana"], "error: --crop: "),
+        (["--feature-network", "/no/such/net.pt"], "/no/such/net.pt"),
         (["--resume", "0123456789abcdef"], "0123456789abcdef"),
     ],
 )

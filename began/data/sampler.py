@@ -27,13 +27,28 @@ def _splitmix64(values: np.ndarray, seed: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+AUTO_HOLDOUT = -1  # TrainConfig.holdout's default: a share of the dataset, see holdout_count
+AUTO_HOLDOUT_MAX = 256
+AUTO_HOLDOUT_SHARE = 10  # one image in ten, for datasets under 2,560 images
+
+
+def holdout_count(requested: int, count: int) -> int:
+    """The hold-out size for `count` images: `requested`, or with AUTO_HOLDOUT
+    min(256, count // 10), so that a folder of 48 images still trains (on 44)."""
+    if requested == AUTO_HOLDOUT:
+        return min(AUTO_HOLDOUT_MAX, count // AUTO_HOLDOUT_SHARE)
+    return requested
+
+
 def split_holdout(images: np.ndarray, holdout: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held_out): ``holdout`` images chosen by a constant hash of their index.
+    """(train, held_out): ``holdout`` images chosen by a constant hash of their index
+    (AUTO_HOLDOUT: see holdout_count).
 
     Deterministic and the same for every trial of a study; a smaller hold-out is a
     subset of a larger one. Both parts keep the original image order.
     """
     count = len(images)
+    holdout = holdout_count(holdout, count)
     if holdout < 0 or holdout >= count - 1:
         raise DataError(
             f"holdout: must be in [0, {count - 2}] for {count} images "

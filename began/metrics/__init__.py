@@ -18,6 +18,7 @@ from began.metrics.registry import (
     known_metrics,
     logged_names,
     metric_direction,
+    objective_names,
     parse_metrics,
     register_metric,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "known_metrics",
     "logged_names",
     "metric_direction",
+    "objective_names",
     "parse_metrics",
     "register_metric",
 ]

@@ -24,8 +24,13 @@ MetricFn = Callable[["EvalContext", int], dict[str, float]]
 
 DIRECTIONS = ("minimize", "maximize")
 
-# Logged names that are not quality metrics but that studies optimise too.
-_EXTRA_DIRECTIONS = {"m_global": "minimize"}
+# Logged names that are not quality metrics but that studies optimise too:
+# m_global per step, m_global_mean per evaluation window.
+_EXTRA_DIRECTIONS = {"m_global": "minimize", "m_global_mean": "minimize"}
+
+# Logged figures that describe a metric but are not a goal: the spread of KID over
+# subsets, and the same measure on real images (a reference, not something G controls).
+_NOT_OBJECTIVES = ("_std", "_real")
 
 _COUNT_RE = re.compile(r"^([1-9][0-9]*)(k?)$")
 
@@ -151,6 +156,11 @@ def parse_metrics(spec: str) -> list[MetricRequest]:
 def logged_names(requests: list[MetricRequest]) -> list[str]:
     """The names `evaluate(requests, ...)` returns, in order."""
     return [n for r in requests for n in _REGISTRY[r.name].logged_names(r.num_samples)]
+
+
+def objective_names(requests: list[MetricRequest]) -> list[str]:
+    """The logged names of `requests` that a study may optimise (no _std, no _real)."""
+    return [name for name in logged_names(requests) if not name.endswith(_NOT_OBJECTIVES)]
 
 
 def metric_direction(logged_name: str) -> str:
