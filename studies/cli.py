@@ -1,0 +1,264 @@
+"""The command line shared by `studies.gamma_sweep` and `studies.search`.
+
+Both take the training options of `began.train` that the study does not vary, plus
+the study's own options; both validate everything before any work starts and
+report bad input in one line naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from began.cli import HelpFormatter, add_config_options, option_flag, user_overrides
+from began.config import DEMO_OVERRIDES, ConfigError, TrainConfig
+from began.run import resolve_device
+from studies.objectives import resolve_objectives
+from studies.pruning import PRUNERS, HealthRule, make_pruner, pruner_warning
+from studies.runner import WorkerSlot, run_study
+from studies.spec import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, StudySpec, config_fingerprint
+from studies.storage import SAMPLERS
+from studies.worker import cpu_threads
+
+DEFAULT_TRACKING = "sqlite:///mlflow.db"  # MLflow's own default: what a plain `mlflow ui` reads
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+# Without --data, a study is the CPU demo: the single-run demo's sizes, tuned so that a
+# short run on the 100 built-in faces does not collapse (docs/performance.md, README).
+STUDY_DEMO_OVERRIDES: dict[str, Any] = {
+    **DEMO_OVERRIDES,
+    "steps": 1000,
+    "eval_every": 250,
+    "sample_every": 250,
+    "checkpoint_every": 250,
+    "metrics": "diversity,recon,sharpness",
+}
+
+
+class OptionError(ValueError):
+    """A bad study option; the message names it as typed."""
+
+
+def build_parser(prog: str, description: str, varied: frozenset[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=HelpFormatter
+    )
+    training = parser.add_argument_group("training options (as began.train; every trial uses them)")
+    add_config_options(training, shown_defaults=STUDY_DEMO_OVERRIDES, skip=varied | {"seed"})
+    study = parser.add_argument_group("study options")
+    study.add_argument(
+        "--study-name",
+        default=None,
+        help="the study; rerunning with the same name resumes it (default: "
+        "the command's name and a hash of the training options)",
+    )
+    study.add_argument(
+        "--storage",
+        default=DEFAULT_STORAGE,
+        help="Optuna storage: sqlite:///FILE or postgresql://user:pass@host/db; "
+        "other machines join the study by pointing here",
+    )
+    study.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db here, with artifacts in ./mlruns)",
+    )
+    study.add_argument(
+        "--experiment", default=None, help="MLflow experiment (default: the study name)"
+    )
+    study.add_argument(
+        "--objectives",
+        default=None,
+        help="comma-separated: m_global, fid, kid, diversity, recon, sharpness "
+        "or a logged name (fid_5k); several = multi-objective (default: "
+        "fid with --data, diversity without)",
+    )
+    study.add_argument(
+        "--pruner",
+        default="none",
+        choices=PRUNERS,
+        help="Optuna pruner for single-objective studies (README: which pairs make sense)",
+    )
+    study.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
+    study.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    study.add_argument(
+        "--devices",
+        default="auto",
+        help="comma-separated devices, e.g. cuda:0,cuda:1 (auto: every visible GPU, else cpu)",
+    )
+    study.add_argument(
+        "--workers-per-device",
+        type=int,
+        default=None,
+        help="worker processes per device (default: 1 per GPU; on cpu, 2 when "
+        "there are 2 or more cores)",
+    )
+    study.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes in all, spread over --devices (default: devices x "
+        "workers per device)",
+    )
+    study.add_argument(
+        "--heartbeat",
+        type=int,
+        default=DEFAULT_HEARTBEAT_S,
+        help="seconds between a trial's heartbeats; a trial silent for twice "
+        "this is retried from its checkpoint",
+    )
+    study.add_argument(
+        "--collapse-ssim",
+        type=float,
+        default=HealthRule.collapse_ssim,
+        help="prune a trial whose diversity SSIM stays at or above this",
+    )
+    study.add_argument(
+        "--divergence-factor",
+        type=float,
+        default=HealthRule.divergence_factor,
+        help="prune a trial whose M_global stays above this multiple of its best",
+    )
+    study.add_argument(
+        "--prune-patience",
+        type=int,
+        default=HealthRule.patience,
+        help="evaluations in a row the two rules above wait",
+    )
+    study.add_argument("--cache-dir", default=None, help="dataset and statistics cache folder")
+    study.add_argument("--quiet", action="store_true",
+                       help="no progress bar: one line per finished trial")  # fmt: skip
+    return parser
+
+
+def base_config(args: argparse.Namespace) -> TrainConfig:
+    """Paper defaults with --data, the CPU demo study's without; evaluations so pruning acts."""
+    overrides = user_overrides(args)
+    overrides.pop("seed", None)
+    if overrides.get("data"):
+        base = TrainConfig()
+        if "eval_every" not in overrides:
+            steps = overrides.get("steps", base.steps)
+            overrides["eval_every"] = max(1, steps // 10)
+    else:
+        base = TrainConfig(**STUDY_DEMO_OVERRIDES)
+        if "steps" in overrides and "eval_every" not in overrides:
+            overrides["eval_every"] = max(1, overrides["steps"] // 4)
+    return replace(base, **overrides)
+
+
+def check_name(option: str, name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise OptionError(
+            f"{option}: {name!r} may hold only letters, digits, '.', '_' and '-' "
+            "(no path separators, spaces or shell characters), at most 100 characters"
+        )
+    return name
+
+
+def worker_slots(args: argparse.Namespace) -> list[WorkerSlot]:
+    """Which device each worker gets, and its thread count."""
+    if args.devices == "auto":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    else:
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+        if not devices:
+            raise OptionError("--devices: give at least one device, e.g. cpu or cuda:0")
+        for device in devices:
+            if device == "auto" or not (device == "cpu" or device.startswith("cuda")):
+                raise OptionError(f"--devices: unknown device {device!r}; use cpu, cuda or cuda:N")
+            try:
+                resolve_device(device)
+            except (ConfigError, RuntimeError) as error:
+                raise OptionError(f"--devices: {str(error).removeprefix('device: ')}") from None
+    per_device = args.workers_per_device
+    if per_device is None:
+        per_device = 1 if devices != ["cpu"] else min(2, os.cpu_count() or 1)
+    if per_device < 1:
+        raise OptionError(f"--workers-per-device: must be >= 1, got {per_device}")
+    total = args.workers if args.workers is not None else per_device * len(devices)
+    if total < 1:
+        raise OptionError(f"--workers: must be >= 1, got {total}")
+    assigned = [devices[i % len(devices)] for i in range(total)]
+    cpu_workers = assigned.count("cpu")
+    threads = cpu_threads(cpu_workers) if cpu_workers else cpu_threads(total)
+    return [WorkerSlot(device, threads) for device in assigned]
+
+
+def study_spec(
+    args: argparse.Namespace,
+    kind: str,
+    command: str,
+    space: dict,
+    **extra: Any,
+) -> StudySpec:
+    """Everything the options say, checked: a StudySpec, or an error naming the option."""
+    cfg = base_config(args)
+    default_objective = "fid" if cfg.data else "diversity"
+    objectives, metrics = resolve_objectives(args.objectives or default_objective, cfg.metrics)
+    cfg = replace(cfg, metrics=metrics)
+    make_pruner(args.pruner, len(objectives))
+    health = HealthRule(args.divergence_factor, args.collapse_ssim, args.prune_patience)
+    if args.heartbeat < 1:
+        raise OptionError(f"--heartbeat: must be >= 1 second, got {args.heartbeat}")
+    name = args.study_name or f"{command}-{config_fingerprint(cfg, set(space))}"
+    check_name("--study-name", name)
+    experiment = check_name("--experiment", args.experiment or name)
+    warning = pruner_warning(args.pruner, objectives, gamma_varies="gamma" in space)
+    if warning:
+        print(f"warning: {warning}")
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING
+    return StudySpec(
+        kind=kind,
+        study_name=name,
+        storage=absolute_sqlite(args.storage),
+        tracking_uri=absolute_sqlite(tracking_uri),
+        experiment=experiment,
+        base_config=cfg,
+        space=space,
+        objectives=tuple(objectives),
+        sampler=args.sampler,
+        seed=args.seed,
+        pruner=args.pruner,
+        health=health,
+        heartbeat_s=args.heartbeat,
+        cache_dir=args.cache_dir,
+        **extra,
+    )
+
+
+def absolute_sqlite(url: str) -> str:
+    """sqlite:///optuna.db -> sqlite:////abs/path/optuna.db: every worker, and every store
+    cached in this process, then opens the same file whatever its working directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str(Path(url[len(prefix) :]).resolve())
+    return url
+
+
+def refuse_varied_options(args: argparse.Namespace, space: dict) -> None:
+    """A training option the study varies cannot also be fixed on the command line."""
+    for name in space:
+        if name != "seed" and getattr(args, name, None) is not None:  # --seed: the sampler's
+            raise OptionError(f"{option_flag(name)}: the study varies {name}; drop the option")
+
+
+def launch(spec: StudySpec, args: argparse.Namespace) -> int:
+    slots = worker_slots(args)
+    hint = "mlflow ui   # in this folder; open http://127.0.0.1:5000"
+    if spec.tracking_uri != absolute_sqlite(DEFAULT_TRACKING):
+        hint = f"mlflow ui --backend-store-uri {spec.tracking_uri}"
+        if spec.tracking_uri.startswith("http"):
+            hint = f"open {spec.tracking_uri}"
+    hint += (
+        f" -> experiment {spec.experiment!r} -> run {spec.study_name!r} (expand: one run per trial)"
+    )
+    return run_study(spec, slots, args.quiet, hint)

@@ -1,0 +1,60 @@
+"""One trial, as optuna-examples would write it: trial -> config -> train -> values.
+
+Everything around it (which trial to run, heartbeats, telling Optuna, retries)
+lives in `studies.worker`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import optuna
+from optuna.trial import TrialState
+
+from began.tracking import MlflowTracker
+from began.train import TrainingDiverged, TrainResult, train
+from studies.pruning import TrialMonitor
+from studies.records import trial_tracker
+from studies.space import suggest
+from studies.spec import StudySpec
+from studies.storage import FINAL_ATTR, RUN_ID_ATTR
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    tracker: MlflowTracker  # the trial's MLflow run
+    state: TrialState  # COMPLETE or PRUNED
+    values: list[float] | None  # the objectives, in order (COMPLETE only)
+    reason: str | None = None  # why it was pruned
+    step: int = 0
+
+
+def run_trial(
+    trial: optuna.Trial, spec: StudySpec, device: str, parent_run_id: str
+) -> TrialOutcome:
+    params = suggest(trial, spec.space)  # a queued grid point, a retry's params, or sampled
+    cfg = replace(spec.base_config, **params, device=device)
+    tracker = trial_tracker(spec, trial, parent_run_id)  # a new child run, or the one retried
+    trial.set_user_attr(RUN_ID_ATTR, tracker.run_id)  # recorded before training starts
+    monitor = TrialMonitor(trial, list(spec.objectives), spec.health)
+    try:
+        result = train(
+            cfg, tracker, should_stop=monitor, cache_dir=spec.cache_dir,
+            log_models_when_stopped=False,  # a pruned trial's models are not worth the upload
+        )  # fmt: skip
+    except TrainingDiverged as error:  # NaN: the health rule's first case, found mid-window
+        return TrialOutcome(tracker, TrialState.PRUNED, None, f"diverged: {error}")
+    _record_final(trial, result)
+    if result.stopped_early:
+        return TrialOutcome(tracker, TrialState.PRUNED, None, result.stop_reason, result.step)
+    values = [o.value(result.final.m_global, result.final.metrics) for o in spec.objectives]
+    if not all(math.isfinite(v) for v in values):
+        named = ", ".join(f"{o.logged}={v}" for o, v in zip(spec.objectives, values, strict=True))
+        return TrialOutcome(tracker, TrialState.PRUNED, None, f"objective not finite: {named}")
+    return TrialOutcome(tracker, TrialState.COMPLETE, values, None, result.step)
+
+
+def _record_final(trial: optuna.Trial, result: TrainResult) -> None:
+    final = {"step": result.step, "m_global": result.final.m_global, **result.final.metrics}
+    trial.set_user_attr(FINAL_ATTR, {k: v for k, v in final.items() if math.isfinite(v)})

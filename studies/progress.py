@@ -1,0 +1,169 @@
+"""The study-level display: one bar for the study, one line per finished trial.
+
+Workers train quietly; only the parent process writes to the terminal, so per-trial
+output never scrambles the display. With --quiet there is no bar, only the lines
+(one per finished trial, fit for a log file).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from studies.records import best_trials
+from studies.spec import StudySpec
+from studies.storage import FINAL_ATTR, REASON_ATTR, RUN_ID_ATTR
+
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def format_params(params: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def format_values(spec: StudySpec, values: list[float] | None) -> str:
+    if values is None:
+        return ""
+    return " ".join(f"{o.logged}={v:.4g}" for o, v in zip(spec.objectives, values, strict=True))
+
+
+def collapsed(trial: FrozenTrial, threshold: float) -> bool:
+    ssim = trial.user_attrs.get(FINAL_ATTR, {}).get("diversity_ssim")
+    return ssim is not None and ssim >= threshold
+
+
+def trial_line(spec: StudySpec, trial: FrozenTrial) -> str:
+    """`trial 3 COMPLETE gamma=0.5 seed=0 | diversity_gap=0.04 | 58 s` and any warning."""
+    seconds = ""
+    if trial.datetime_start and trial.datetime_complete:
+        seconds = f" | {(trial.datetime_complete - trial.datetime_start).total_seconds():.0f} s"
+    parts = [f"trial {trial.number} {trial.state.name} {format_params(trial.params)}"]
+    if trial.values is not None and trial.state == TrialState.COMPLETE:
+        parts.append(format_values(spec, trial.values))
+    reason = trial.user_attrs.get(REASON_ATTR)
+    if reason:
+        parts.append(reason)
+    line = " | ".join(parts) + seconds
+    if collapsed(trial, spec.health.collapse_ssim):
+        final = trial.user_attrs[FINAL_ATTR]
+        line += (
+            f"\n  ! COLLAPSED: diversity SSIM {final['diversity_ssim']:.3f} (real images "
+            f"{final.get('diversity_ssim_real', math.nan):.3f}): the samples look alike"
+        )
+    return line
+
+
+class StudyProgress:
+    """Polls the study and draws its state; `update` is cheap enough to call every second."""
+
+    def __init__(self, spec: StudySpec, quiet: bool, already_done: set[int]) -> None:
+        self.spec = spec
+        self.quiet = quiet or not sys.stdout.isatty()  # a log file gets lines, not a bar
+        self.reported = set(already_done)
+        self.started = time.monotonic()
+        self.finished_here = 0
+        self.bar = tqdm(
+            total=spec.total_trials, disable=self.quiet, unit="trial", dynamic_ncols=True,
+            desc=spec.study_name, file=sys.stdout, smoothing=0.0,
+            bar_format="{desc}: {n_fmt}/{total_fmt} trials |{bar}| {elapsed}<{remaining} {postfix}",
+        )  # fmt: skip
+        done = len(already_done)
+        self.bar.update(done)
+        self.initial_done = done
+
+    def update(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        for trial in trials:
+            if trial.state in DONE_STATES and trial.number not in self.reported:
+                self.reported.add(trial.number)
+                self.finished_here += 1
+                self._write(trial_line(self.spec, trial))
+        counts = {state: 0 for state in TrialState}
+        for trial in trials:
+            counts[trial.state] += 1
+        # Trials that are done for good: complete, pruned, or failed without a retry queued.
+        logical_done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        logical_done += sum(
+            1 for t in trials if t.state == TrialState.FAIL and not _retried(t, trials)
+        )
+        self.bar.n = logical_done
+        postfix = (
+            f"running {counts[TrialState.RUNNING]} | queued {counts[TrialState.WAITING]} | "
+            f"pruned {counts[TrialState.PRUNED]} | failed {counts[TrialState.FAIL]}"
+        )
+        best = best_trials(study)
+        if len(best) == 1:
+            postfix += f" | best: trial {best[0].number} {format_values(self.spec, best[0].values)}"
+        elif best:
+            postfix += f" | Pareto front: {len(best)} trials"
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.refresh()
+
+    def _write(self, line: str) -> None:
+        if self.quiet:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def diversity_verdict(final: dict[str, float], threshold: float) -> str:
+    """The final diversity in words: collapsed, less varied than real faces, or like them."""
+    ssim, real = final["diversity_ssim"], final.get("diversity_ssim_real", math.nan)
+    if ssim >= threshold:
+        verdict = "COLLAPSED: the samples look alike"
+    elif ssim - real > 0.25:
+        verdict = "less varied than the real faces"
+    else:
+        verdict = "about as varied as the real faces"
+    return f"diversity SSIM {ssim:.3f} vs {real:.3f} for real images: {verdict}"
+
+
+def _retried(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:
+    return any(t.system_attrs.get("retry_history", [])[-1:] == [trial.number] for t in trials)
+
+
+def summary(spec: StudySpec, study: optuna.Study, seconds: float, tracking_hint: str) -> str:
+    """What the study found, and what to open next."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
+    lines = [
+        f"study {spec.study_name}: {len(trials)} trials, {counts[TrialState.COMPLETE]} complete, "
+        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed "
+        f"({seconds:.0f} s this run)"
+    ]
+    best = best_trials(study)
+    threshold = spec.health.collapse_ssim
+    for trial in best:
+        label = "best" if len(best) == 1 else "Pareto"
+        lines.append(
+            f"{label}: trial {trial.number} {format_params(trial.params)} | "
+            f"{format_values(spec, trial.values)} | run {trial.user_attrs.get(RUN_ID_ATTR, '?')}"
+        )
+        final = trial.user_attrs.get(FINAL_ATTR, {})
+        if "diversity_ssim" in final:
+            lines.append(f"  {diversity_verdict(final, threshold)}")
+    n_collapsed = sum(1 for t in trials if collapsed(t, threshold))
+    if n_collapsed:
+        lines.append(f"! {n_collapsed} trial(s) ended collapsed (diversity SSIM >= {threshold:g})")
+    if not best:
+        lines.append("no trial completed yet")
+    lines.append("next:")
+    lines.append(f"  {tracking_hint}")
+    lines.append(
+        f"  optuna-dashboard {spec.storage if '@' not in spec.storage else '<storage URL>'}"
+    )
+    if best:
+        run_id = best[0].user_attrs.get(RUN_ID_ATTR, "RUN_ID")
+        lines.append(f"  python -m began.sample --run {run_id} --out best.png   # 64 new faces")
+    return "\n".join(lines)

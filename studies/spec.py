@@ -1,0 +1,72 @@
+"""`StudySpec`: everything a study's workers need, built once by the parent process.
+
+It is frozen and picklable: the parent hands the same spec to every worker process,
+and a worker never reads the command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from optuna.distributions import BaseDistribution
+
+from began.config import TrainConfig
+from studies.objectives import Objective
+from studies.pruning import HealthRule
+
+GRID, SEARCH = "grid", "search"
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+DEFAULT_HEARTBEAT_S = 30  # a trial whose worker is silent for 2x this is retried
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    kind: str  # GRID (gamma x seeds, queued up front) or SEARCH (sampled as it goes)
+    study_name: str
+    storage: str  # an SQLAlchemy URL: sqlite:///optuna.db, postgresql://...
+    tracking_uri: str
+    experiment: str
+    base_config: TrainConfig  # every trial: this, with its params replaced
+    space: dict[str, BaseDistribution]  # the params each trial suggests
+    objectives: tuple[Objective, ...]
+    sampler: str = "tpe"
+    seed: int = 0  # the sampler's seed; worker i samples with seed + i
+    pruner: str = "none"
+    health: HealthRule = field(default_factory=HealthRule)
+    grid: tuple[dict[str, Any], ...] = ()  # GRID: the points, in order
+    n_trials: int | None = None  # SEARCH: trials in all, over every worker and rerun
+    timeout_s: float | None = None  # SEARCH: no new trial starts after this long
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S
+    max_retries: int = 3  # retries of a trial whose worker died
+    cache_dir: str | None = None
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def total_trials(self) -> int | None:
+        return len(self.grid) if self.kind == GRID else self.n_trials
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***: safe for params, logs and reports."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def config_fingerprint(cfg: TrainConfig, varied: set[str]) -> str:
+    """A short hash of the training options a study holds fixed (not the varied params,
+    nor how fast or where it runs): the default study name depends on it."""
+    ignored = varied | {"device", "precision", "compile", "channels_last"}
+    fixed = {k: v for k, v in cfg.to_dict().items() if k not in ignored}
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:8]

@@ -1,0 +1,148 @@
+"""The Optuna side of a study: storage with heartbeats, the study, its queue of trials.
+
+Heartbeats: every running trial's worker writes a heartbeat; a trial silent for two
+intervals (its worker was killed, its machine lost power) is failed by the next
+worker that looks, and `RetryHeartbeatStaleTrialCallback` queues a copy of it with
+the same params and user attributes, `mlflow_run_id` among them, so the retry
+continues the same MLflow run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from studies.spec import GRID, StudySpec, mask_url
+
+SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
+
+# Attributes the study keeps about itself (seen in optuna-dashboard too).
+OBJECTIVES_ATTR = "objectives"
+BASE_CONFIG_ATTR = "base_config"
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+EXPERIMENT_ATTR = "mlflow_experiment"
+# Attributes of a trial.
+RUN_ID_ATTR = "mlflow_run_id"
+REASON_ATTR = "reason"  # why it was pruned or failed
+FINAL_ATTR = "final_metrics"  # the final evaluation's values
+
+
+class StorageError(ValueError):
+    """The storage URL cannot be used; the message names --storage (password masked)."""
+
+
+def open_storage(spec: StudySpec) -> RDBStorage:
+    """Connect (creating the tables on first use: the parent does it once, before workers)."""
+    url = spec.storage
+    if url.split(":", 1)[0].split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+        raise StorageError(
+            f"--storage: {mask_url(url)} is not a database URL; use sqlite:///optuna.db, "
+            "postgresql://user:password@host/db or mysql://..."
+        )
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several worker processes share the file: wait for the lock instead of failing.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True  # a restarted server: reconnect, not fail
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=spec.heartbeat_s,
+                grace_period=2 * spec.heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=spec.max_retries
+                ),
+            )
+    except Exception as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line}") from None
+
+
+def make_sampler(spec: StudySpec, worker_index: int) -> optuna.samplers.BaseSampler:
+    """The sampler by name; each worker gets its own seed so they do not draw alike."""
+    seed = spec.seed + worker_index
+    if spec.kind == GRID:
+        return optuna.samplers.RandomSampler(seed)  # never samples: every point is queued
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if spec.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        if spec.sampler == "random":
+            return optuna.samplers.RandomSampler(seed)
+        if spec.sampler == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed)
+        if spec.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if spec.sampler == "qmc":
+            return optuna.samplers.QMCSampler(seed=seed)
+    raise ValueError(f"--sampler: unknown sampler {spec.sampler!r}; choose from {SAMPLERS}")
+
+
+def load_study(spec: StudySpec, worker_index: int = 0) -> optuna.Study:
+    return optuna.load_study(
+        study_name=spec.study_name,
+        storage=open_storage(spec),
+        sampler=make_sampler(spec, worker_index),
+    )
+
+
+def is_retry(trial: FrozenTrial) -> bool:
+    """A queued copy of an earlier trial (its worker died, or Ctrl-C stopped it)."""
+    return "failed_trial" in trial.system_attrs
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a copy of `trial` to run again, continuing its MLflow run from its checkpoint.
+
+    The same bookkeeping as RetryHeartbeatStaleTrialCallback, so a Ctrl-C'd trial and a
+    killed one look alike: `failed_trial` is the first trial of the chain.
+    """
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    system_attrs = {**trial.system_attrs, "failed_trial": history[0], "retry_history": history}
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=trial.user_attrs,
+            system_attrs=system_attrs,
+        )
+    )
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Beat for `trial` while the block runs, as Study.optimize does for its trials."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        yield
+
+
+def claim_queued_trial(study: optuna.Study) -> optuna.Trial | None:
+    """Take a WAITING trial (a grid point or a retry) and mark it RUNNING, or None.
+
+    Study.ask would sample a brand-new trial when the queue is empty; a grid sweep
+    must never do that (two workers could then run one point twice), so the queue
+    is read directly. Marking RUNNING is atomic in the storage: two workers never
+    claim the same trial.
+    """
+    trial_id = study._pop_waiting_trial_id()
+    return None if trial_id is None else optuna.Trial(study, trial_id)
+
+
+def new_trial(study: optuna.Study) -> optuna.Trial:
+    """A fresh trial for the sampler to fill (search studies)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
+        return study.ask()
