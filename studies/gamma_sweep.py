@@ -17,7 +17,7 @@ from studies.cli import build_parser, launch, refuse_varied_options, study_spec
 from studies.space import grid_points, grid_space, parse_gammas, parse_seeds
 from studies.spec import GRID
 
-DEFAULT_GAMMAS = "0.3,0.5,0.7"
+DEFAULT_GAMMAS = "0.3,0.5,0.7,0.9"
 
 
 def parser() -> argparse.ArgumentParser:

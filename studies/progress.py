@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -17,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from studies.records import best_trials
-from studies.spec import StudySpec
+from studies.spec import StudySpec, mask_url
 from studies.storage import FINAL_ATTR, REASON_ATTR, RUN_ID_ATTR
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -48,6 +49,9 @@ def trial_line(spec: StudySpec, trial: FrozenTrial) -> str:
     parts = [f"trial {trial.number} {trial.state.name} {format_params(trial.params)}"]
     if trial.values is not None and trial.state == TrialState.COMPLETE:
         parts.append(format_values(spec, trial.values))
+    ssim = trial.user_attrs.get(FINAL_ATTR, {}).get("diversity_ssim")
+    if ssim is not None:
+        parts.append(f"diversity SSIM {ssim:.3f}")
     reason = trial.user_attrs.get(REASON_ATTR)
     if reason:
         parts.append(reason)
@@ -70,6 +74,7 @@ class StudyProgress:
         self.reported = set(already_done)
         self.started = time.monotonic()
         self.finished_here = 0
+        self.best_text: str | None = None
         self.bar = tqdm(
             total=spec.total_trials, disable=self.quiet, unit="trial", dynamic_ncols=True,
             desc=spec.study_name, file=sys.stdout, smoothing=0.0,
@@ -81,10 +86,12 @@ class StudyProgress:
 
     def update(self, study: optuna.Study) -> None:
         trials = study.get_trials(deepcopy=False)
+        newly_done = False
         for trial in trials:
             if trial.state in DONE_STATES and trial.number not in self.reported:
                 self.reported.add(trial.number)
                 self.finished_here += 1
+                newly_done = True
                 self._write(trial_line(self.spec, trial))
         counts = {state: 0 for state in TrialState}
         for trial in trials:
@@ -99,12 +106,16 @@ class StudyProgress:
             f"running {counts[TrialState.RUNNING]} | queued {counts[TrialState.WAITING]} | "
             f"pruned {counts[TrialState.PRUNED]} | failed {counts[TrialState.FAIL]}"
         )
-        best = best_trials(study)
-        if len(best) == 1:
-            postfix += f" | best: trial {best[0].number} {format_values(self.spec, best[0].values)}"
-        elif best:
-            postfix += f" | Pareto front: {len(best)} trials"
-        self.bar.set_postfix_str(postfix, refresh=False)
+        if newly_done or self.best_text is None:  # the best changes only when a trial ends
+            best = best_trials(study)
+            self.best_text = ""
+            if len(best) == 1:
+                self.best_text = (
+                    f" | best: trial {best[0].number} {format_values(self.spec, best[0].values)}"
+                )
+            elif best:
+                self.best_text = f" | Pareto front: {len(best)} trials"
+        self.bar.set_postfix_str(postfix + self.best_text, refresh=False)
         self.bar.refresh()
 
     def _write(self, line: str) -> None:
@@ -127,6 +138,16 @@ def diversity_verdict(final: dict[str, float], threshold: float) -> str:
     else:
         verdict = "about as varied as the real faces"
     return f"diversity SSIM {ssim:.3f} vs {real:.3f} for real images: {verdict}"
+
+
+def as_typed_here(url: str) -> str:
+    """A storage URL as one would type it in this folder, password masked."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix + "/"):
+        path = Path(url[len(prefix) :])
+        if path.parent == Path.cwd():
+            return prefix + path.name
+    return mask_url(url)
 
 
 def _retried(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:

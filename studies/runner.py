@@ -24,9 +24,9 @@ from optuna.trial import TrialState
 from began.config import TrainConfig
 from began.data import load_images
 from began.metrics import get_metric, parse_metrics
-from studies.progress import DONE_STATES, StudyProgress, summary
+from studies.progress import DONE_STATES, StudyProgress, as_typed_here, summary
 from studies.records import close_parent_run, open_parent_run
-from studies.spec import GRID, StudySpec, mask_url
+from studies.spec import GRID, StudySpec
 from studies.storage import (
     BASE_CONFIG_ATTR,
     EXPERIMENT_ATTR,
@@ -34,6 +34,8 @@ from studies.storage import (
     open_storage,
 )
 from studies.worker import INTERRUPTED_EXIT, worker_main
+
+POLL_S = 2.0  # seconds between looks at the study's state (cheap, but not free on 2 cores)
 
 # Config fields a rerun of a study may change: where and how fast it runs.
 RERUN_MAY_CHANGE = frozenset({"device", "precision", "compile", "channels_last"})
@@ -201,7 +203,7 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool, tracking_hi
     done = {t.number for t in study.get_trials(deepcopy=False) if t.state in DONE_STATES}
     print(
         f"study {spec.study_name}: {len(slots)} worker(s) on "
-        f"{', '.join(sorted({s.device for s in slots}))}; storage {mask_url(spec.storage)}; "
+        f"{', '.join(sorted({s.device for s in slots}))}; storage {as_typed_here(spec.storage)}; "
         f"MLflow experiment {spec.experiment!r}, study run {parent_run_id}",
         flush=True,
     )
@@ -220,8 +222,8 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool, tracking_hi
             process.start()
         while any(p.is_alive() for p in processes):
             progress.update(study)
-            for process in processes:
-                process.join(timeout=1.0 / len(processes))
+            for process in processes:  # about one poll of the storage every 2 s
+                process.join(timeout=POLL_S / len(processes))
         progress.update(study)
         progress.close()
     codes = [p.exitcode for p in processes]

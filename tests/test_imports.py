@@ -38,3 +38,14 @@ def test_only_the_tracking_module_imports_mlflow():
             continue
         source = importlib.import_module(name).__loader__.get_source(name) or ""
         assert "import mlflow" not in source, name
+
+
+def test_layers_import_downwards_only():
+    """began/ never imports studies/ or analysis/; studies/ never imports analysis/."""
+    for name in MODULES:
+        source = importlib.import_module(name).__loader__.get_source(name) or ""
+        if name.startswith("began."):
+            assert "from studies" not in source and "import studies" not in source, name
+            assert "from analysis" not in source and "import analysis" not in source, name
+        if name.startswith("studies."):
+            assert "from analysis" not in source and "import analysis" not in source, name

@@ -261,3 +261,46 @@ def load_checkpoint_or_none(path):
         return load_checkpoint(path)
     except Exception:
         return None
+
+
+def test_ctrl_c_checkpoints_queues_the_trial_and_a_rerun_continues_it(tmp_path):
+    args = [sys.executable, "-m", "studies.gamma_sweep", *TINY, "--steps", "3000",
+            "--eval-every", "1500", "--sample-every", "3000", "--checkpoint-every", "1000",
+            "--gammas", "0.5", "--workers", "1", "--study-name", "stop"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    parent = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not running_with_run_id(tmp_path, "stop"):
+        time.sleep(0.2)
+    time.sleep(2.0)  # into training
+    os.killpg(parent.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    output = parent.communicate(timeout=60)[0]
+    assert parent.returncode == 130, output
+    assert "run the same command again" in output
+    [stopped, queued] = trials(tmp_path, "stop")
+    assert stopped.state == TrialState.FAIL and "interrupted" in stopped.user_attrs["reason"]
+    assert queued.state == TrialState.WAITING
+    _, [parent_run], [run] = child_runs(tmp_path, "stop")
+    assert run.info.status == "KILLED" and parent_run.info.status == "KILLED"
+    [checkpoint] = tmp_path.glob("mlruns/*/*/artifacts/checkpoints/last.pt")
+    stopped_at = load_checkpoint(checkpoint).step
+    assert 0 < stopped_at < 3000 and stopped_at % 1000 != 0  # written at the stop
+    rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert [t.state for t in trials(tmp_path, "stop")] == [TrialState.FAIL, TrialState.COMPLETE]
+    _, [parent_run], [run] = child_runs(tmp_path, "stop")
+    assert run.info.status == "FINISHED" and run.data.tags["resume_count"] == "1"
+    assert parent_run.info.status == "FINISHED"
+
+
+def running_with_run_id(folder, name):
+    try:
+        return any(
+            t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
+            for t in trials(folder, name)
+        )
+    except Exception:  # the study does not exist yet
+        return False

@@ -2,17 +2,21 @@
 URL masking and the one-line errors of bad study options."""
 
 import math
+import time
 
+import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from began.cli import run_cli
+from began.config import TrainConfig
 from began.train import EvalReport
 from studies import gamma_sweep, search
 from studies.objectives import ObjectiveError, resolve_objectives
 from studies.pruning import HealthRule, HealthState, PrunerError, make_pruner, pruner_warning
 from studies.space import SpaceError, grid_points, parse_gammas, parse_seeds, parse_space
-from studies.spec import mask_url
+from studies.spec import SEARCH, StudySpec, mask_url
+from studies.worker import _may_start_new
 
 
 def test_space_parses_ranges_logs_ints_and_choices():
@@ -149,3 +153,20 @@ def test_bad_study_options_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and "\n" not in err, err
     assert not (tmp_path / "optuna.db").exists()  # refused before any work started
+
+
+def test_a_search_stops_asking_at_n_trials_or_its_timeout():
+    spec = StudySpec(
+        kind=SEARCH, study_name="s", storage="sqlite:///:memory:", tracking_uri="", experiment="s",
+        base_config=TrainConfig(),
+        space=parse_space("gamma=0.3:0.7"), objectives=(), n_trials=2, timeout_s=60,
+    )  # fmt: skip
+    now = time.monotonic()
+    first = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL)
+    retry = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.COMPLETE,
+        system_attrs={"failed_trial": 0, "retry_history": [0]},
+    )
+    assert _may_start_new(spec, [first, retry], now)  # a retry is not a second trial
+    assert not _may_start_new(spec, [first, retry, first], now)
+    assert not _may_start_new(spec, [], now - 61)  # past the timeout: no new trial

@@ -1,0 +1,248 @@
+"""Loading: Optuna trials joined with their MLflow runs, one row per trial, real dtypes.
+
+Column names of `load_runs`:
+- `trial`, `state` (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), `reason`, `current`
+  (False for a trial whose MLflow run was continued by a later retry), `retry_of`;
+- the training config as typed columns (`gamma`, `lambda_k`, `seed`, `steps`, `log_every`, ...);
+- `objective_<name>` (the trial's values), `final_<metric>` (each run metric's last value:
+  `final_m_global_mean`, `final_fid_1k`, `final_diversity_gap`, ...);
+- `run_id`, `run_status`, `start_time`, `end_time`, `wall_s`.
+Study-level facts (objectives, directions, parent run) ride along in `df.attrs`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import mlflow
+import optuna
+import pandas as pd
+
+from analysis.history import load_history, open_client
+from analysis.sources import (
+    DEFAULT_STORAGE,
+    AnalysisError,
+    default_tracking_uri,
+    require_sqlite_file,
+)
+
+__all__ = ["AnalysisError", "load_history", "load_runs", "load_trials", "open_study"]
+
+STATES = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+# MLflow run status -> trial state, for runs that are not part of a study.
+RUN_STATES = {"FINISHED": "COMPLETE", "FAILED": "FAIL", "KILLED": "FAIL", "RUNNING": "RUNNING",
+              "SCHEDULED": "WAITING"}  # fmt: skip
+
+
+def open_study(study: str, storage: str = DEFAULT_STORAGE) -> optuna.Study:
+    require_sqlite_file(storage, "--storage")
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise AnalysisError(f"--storage {storage}: cannot open: {first}") from None
+    if study not in names:
+        known = ", ".join(sorted(names)[:8]) or "none"
+        raise AnalysisError(f"--study {study}: no such study in {storage} (studies: {known})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=study, storage=storage)
+
+
+def load_trials(study: str | optuna.Study, storage: str = DEFAULT_STORAGE) -> pd.DataFrame:
+    """One row per Optuna trial, retries included, with the study's facts in `attrs`."""
+    if isinstance(study, str):
+        study = open_study(study, storage)
+    names = [str(n) for n in study.user_attrs.get("objectives", [])]
+    trials = study.get_trials(deepcopy=False)
+    if len(names) < len(study.directions):
+        names = [f"value_{i}" for i in range(len(study.directions))]
+    latest: dict[str, int] = {}  # run id -> the latest trial that continues it
+    for t in trials:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id:
+            latest[run_id] = max(latest.get(run_id, -1), t.number)
+    rows = [_trial_row(t, names, latest) for t in trials]
+    df = pd.DataFrame(rows, columns=_TRIAL_COLUMNS + [f"objective_{n}" for n in names])
+    df = pd.concat([df, pd.DataFrame([_params_and_final(t) for t in trials])], axis=1)
+    df["state"] = pd.Categorical(df["state"], categories=STATES)
+    df.attrs.update(
+        study=study.study_name, objectives=names,
+        directions=[d.name.lower() for d in study.directions],
+        kind=study.user_attrs.get("kind", ""),
+        parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
+        experiment=study.user_attrs.get("mlflow_experiment", study.study_name),
+        params=sorted({p for t in trials for p in t.params}),
+    )  # fmt: skip
+    return _typed(df)
+
+
+_TRIAL_COLUMNS = ["trial", "state", "reason", "run_id", "current", "retry_of",
+                  "datetime_start", "datetime_complete"]  # fmt: skip
+
+
+def _trial_row(t: optuna.trial.FrozenTrial, names: list[str], latest: dict) -> list[Any]:
+    run_id = t.user_attrs.get("mlflow_run_id")
+    values = list(t.values) if t.values is not None else [None] * len(names)
+    return [
+        t.number, t.state.name, t.user_attrs.get("reason", ""), run_id,
+        run_id is None or latest.get(run_id) == t.number,
+        t.system_attrs.get("failed_trial"), t.datetime_start, t.datetime_complete, *values,
+    ]  # fmt: skip
+
+
+def _params_and_final(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    final = t.user_attrs.get("final_metrics") or {}
+    row: dict[str, Any] = dict(t.params)
+    row.update({f"final_{k}": v for k, v in final.items() if k not in ("step", "m_global")})
+    if "m_global" in final:  # the study's M_global is the mean over the last window
+        row["final_m_global_mean"] = final["m_global"]
+    if "step" in final:
+        row["final_step"] = final["step"]
+    return row
+
+
+def load_runs(
+    study: str | None = None,
+    experiment: str | None = None,
+    run_ids: Iterable[str] | None = None,
+    storage: str = DEFAULT_STORAGE,
+    tracking_uri: str | None = None,
+) -> pd.DataFrame:
+    """One row per trial (`study`) or per run (`experiment`, `run_ids`): params, final
+    metrics, state, times. Trials that never reached MLflow keep their row, run columns NaN."""
+    tracking_uri = tracking_uri or default_tracking_uri()
+    if study is not None:
+        trials = load_trials(study, storage)
+        runs = _search_runs(tracking_uri, trials.attrs["experiment"], study=study)
+        df = trials.merge(runs, on="run_id", how="left", suffixes=("", "_run"))
+        for column in [c for c in df if c.endswith("_run")]:  # the trial's value first
+            base = column.removesuffix("_run")
+            df[base] = df[base].astype(object).where(df[base].notna(), df[column])
+            df = df.drop(columns=column)
+        df.attrs = trials.attrs
+    elif experiment is not None:
+        df = _search_runs(tracking_uri, experiment)
+        df = df[~df["is_parent"]].reset_index(drop=True) if len(df) else df
+        df.attrs.update(study=None, experiment=experiment)
+    elif run_ids is not None:
+        df = _get_runs(tracking_uri, list(run_ids))
+        df.attrs.update(study=None, experiment=None)
+    else:
+        raise AnalysisError("--study, --experiment or --runs: say which runs to load")
+    if study is None:
+        df = _runs_as_trials(df)
+    df.attrs["tracking_uri"] = tracking_uri
+    df["wall_s"] = _wall_seconds(df)
+    return _typed(df.drop(columns=["is_parent"], errors="ignore"))
+
+
+def _search_runs(tracking_uri: str, experiment: str, study: str | None = None) -> pd.DataFrame:
+    client = open_client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        option = "--study" if study else "--experiment"
+        name = study or experiment
+        where = f"no MLflow experiment {experiment!r} in {tracking_uri}"
+        raise AnalysisError(f"{option} {name}: {where}")
+    query = f"tags.study_name = '{study}'" if study else ""
+    runs = client.search_runs([found.experiment_id], query, max_results=50_000)
+    if study is not None:
+        runs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return _run_frame(runs)
+
+
+def _get_runs(tracking_uri: str, run_ids: list[str]) -> pd.DataFrame:
+    client = open_client(tracking_uri)
+    runs = []
+    for run_id in run_ids:
+        try:
+            runs.append(client.get_run(run_id))
+        except mlflow.exceptions.MlflowException:
+            raise AnalysisError(f"--runs {run_id}: no such run in {tracking_uri}") from None
+    return _run_frame(runs)
+
+
+def _run_frame(runs: list[Any]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        tags = run.data.tags
+        reason = tags.get("prune_reason") or tags.get("fail_reason") or ""
+        if not reason and tags.get("stop_reason") not in (None, "", "completed"):
+            reason = tags["stop_reason"]
+        row = {
+            "run_id": run.info.run_id, "run_name": run.info.run_name,
+            "run_status": run.info.status,
+            "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
+            "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True),
+            "trial_tag": tags.get("trial_number"), "state_tag": tags.get("trial_state"),
+            "run_reason": reason, "resume_count": tags.get("resume_count"),
+            "device_name": tags.get("device_name"),
+            "is_parent": "study_kind" in tags,
+        }  # fmt: skip
+        row.update(run.data.params)
+        row.update({f"final_{k}": v for k, v in run.data.metrics.items()})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "is_parent"])
+
+
+def _runs_as_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs without a study: the state from the trial tag or else the run status."""
+    df = df.copy()
+    status = df.get("run_status", pd.Series(index=df.index, dtype=object))
+    tag = df.get("state_tag", pd.Series(index=df.index, dtype=object))
+    df.insert(0, "state", tag.fillna(status.map(RUN_STATES)).fillna("RUNNING"))
+    df["state"] = pd.Categorical(df["state"], categories=STATES)
+    df.insert(0, "trial", pd.to_numeric(df.get("trial_tag"), errors="coerce"))
+    df["reason"] = df.get("run_reason", "")
+    df["current"] = True
+    df.attrs.update(objectives=[], directions=[], kind="runs", parent_run_id=None,
+                    params=_varied(df))  # fmt: skip
+    return df
+
+
+def _varied(df: pd.DataFrame) -> list[str]:
+    """Config columns whose value differs between runs: what a runs report compares."""
+    skip = {"seed", "device", "data"}
+    candidates = [c for c in ("gamma", "lambda_k", "repeat", "filters", "lr", "seed") if c in df]
+    return [c for c in candidates if df[c].nunique() > 1 and c not in skip] or (
+        ["gamma"] if "gamma" in df else []
+    )
+
+
+def _wall_seconds(df: pd.DataFrame) -> pd.Series:
+    """Trial duration, else the run's; a running trial counts up to now."""
+    now = pd.Timestamp.now(tz="UTC")
+    out = pd.Series(float("nan"), index=df.index)
+    if "datetime_start" in df:
+        start = pd.to_datetime(df["datetime_start"]).dt.tz_localize(None)
+        end = pd.to_datetime(df["datetime_complete"]).dt.tz_localize(None)
+        out = (end - start).dt.total_seconds()
+    if "start_time" in df:
+        run_end = df["end_time"].fillna(now)
+        out = out.fillna((run_end - df["start_time"]).dt.total_seconds())
+    return out
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """MLflow params are strings: numbers become numbers, "True"/"False" booleans."""
+    attrs = dict(df.attrs)
+    for column in df.columns:
+        if df[column].dtype != object and not pd.api.types.is_string_dtype(df[column]):
+            continue
+        values = df[column]
+        lowered = values.dropna().astype(str).str.lower()
+        if len(lowered) and lowered.isin(["true", "false"]).all():
+            df[column] = values.map(lambda v: None if pd.isna(v) else str(v).lower() == "true")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.notna().sum() == values.notna().sum() and values.notna().any():
+            df[column] = numbers
+    for column in ("trial", "retry_of", "final_step"):
+        if column in df:
+            df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    df.attrs = attrs
+    return df

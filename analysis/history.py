@@ -1,0 +1,171 @@
+"""Metric histories and logged images from MLflow, fetched in parallel and cached.
+
+A 50-run report needs 300 metric histories: fetched one by one they take minutes over
+a remote server. Here they are fetched by a thread pool (the calls wait on I/O) and
+kept on disk per run, keyed by the run's status and end time: a finished run's history
+never changes, so the second report reads pickles; a running run is always refetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from analysis.sources import default_tracking_uri, require_sqlite_file
+
+THREADS = 8
+_MEMORY: dict[tuple[str, str, str], pd.DataFrame] = {}  # (uri, run id, key) -> frame
+_CLIENTS: dict[str, mlflow.MlflowClient] = {}
+_IMAGE_NAME = re.compile(r"^(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+(?P<ts>\d+)\+.*\.png$")
+
+
+def open_client(tracking_uri: str) -> mlflow.MlflowClient:
+    """One client per URI (a SQLite store builds its engine once)."""
+    if tracking_uri not in _CLIENTS:
+        require_sqlite_file(tracking_uri, "--tracking-uri")
+        _CLIENTS[tracking_uri] = mlflow.MlflowClient(tracking_uri)
+    return _CLIENTS[tracking_uri]
+
+
+def default_cache_dir() -> Path:
+    """$BEGAN_CACHE_DIR/analysis, else $XDG_CACHE_HOME/began/analysis, else ~/.cache/..."""
+    explicit = os.environ.get("BEGAN_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser() / "analysis"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "began" / "analysis"
+
+
+def _store_dir(cache_dir: Path | None, tracking_uri: str) -> Path:
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]  # run ids are per store
+    return (cache_dir or default_cache_dir()) / digest
+
+
+def load_history(
+    run_ids: Iterable[str],
+    keys: Iterable[str],
+    tracking_uri: str | None = None,
+    cache_dir: Path | None = None,
+) -> pd.DataFrame:
+    """Long frame of metric histories: run_id, key, step, value (sorted by run, key, step)."""
+    uri = tracking_uri or default_tracking_uri()
+    client = open_client(uri)
+    ids = [str(r) for r in dict.fromkeys(run_ids) if isinstance(r, str) and r]
+    keys = list(dict.fromkeys(keys))
+    folder = _store_dir(cache_dir, uri)
+    with ThreadPoolExecutor(THREADS) as pool:
+        frames = list(pool.map(lambda r: _run_history(client, uri, r, keys, folder), ids))
+    columns = ["run_id", "key", "step", "value"]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(columns, _DTYPES, strict=True)})
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+_DTYPES = ["object", "object", "int64", "float64"]
+
+
+def _run_history(
+    client: mlflow.MlflowClient, uri: str, run_id: str, keys: list[str], folder: Path
+) -> pd.DataFrame:
+    run = client.get_run(run_id)
+    finished = run.info.status in ("FINISHED", "FAILED", "KILLED")
+    stamp = f"{run.info.status}:{run.info.end_time}"
+    path = folder / f"{run_id}.pkl"
+    cached = _read_cache(path, stamp) if finished else {}
+    wanted = [k for k in keys if k in run.data.metrics]  # never logged: nothing to fetch
+    missing = [k for k in wanted if k not in cached]
+    for key in missing:
+        memo = _MEMORY.get((uri, run_id, key)) if finished else None
+        cached[key] = memo if memo is not None else _fetch(client, run_id, key)
+        if finished:
+            _MEMORY[(uri, run_id, key)] = cached[key]
+    if finished and missing:
+        _write_cache(path, stamp, cached)
+    frames = [cached[k].assign(run_id=run_id, key=k) for k in wanted if len(cached[k])]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _fetch(client: mlflow.MlflowClient, run_id: str, key: str) -> pd.DataFrame:
+    points = client.get_metric_history(run_id, key)
+    frame = pd.DataFrame(
+        {"step": [p.step for p in points], "value": [p.value for p in points]}
+    ).astype({"step": "int64", "value": "float64"})
+    # A resumed run may log a step twice (before and after the stop): keep the last.
+    return frame.drop_duplicates("step", keep="last").sort_values("step", ignore_index=True)
+
+
+def _read_cache(path: Path, stamp: str) -> dict[str, pd.DataFrame]:
+    try:
+        stored = pd.read_pickle(path)
+    except Exception:  # absent, truncated or from another pandas: fetch again
+        return {}
+    return dict(stored["frames"]) if stored.get("stamp") == stamp else {}
+
+
+def _write_cache(path: Path, stamp: str, frames: dict[str, pd.DataFrame]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    pd.to_pickle({"stamp": stamp, "frames": frames}, partial)
+    os.replace(partial, path)  # atomic: a concurrent report never reads half a file
+
+
+def list_images(
+    run_ids: Iterable[str], key: str = "samples", tracking_uri: str | None = None
+) -> pd.DataFrame:
+    """The images logged with `client.log_image`: run_id, key, step, artifact path."""
+    client = open_client(tracking_uri or default_tracking_uri())
+    ids = [r for r in dict.fromkeys(run_ids) if isinstance(r, str) and r]
+
+    def one(run_id: str) -> list[dict[str, Any]]:
+        try:
+            files = client.list_artifacts(run_id, "images")
+        except Exception:  # no artifacts folder yet (a run that failed at once)
+            return []
+        rows = []
+        for f in files:
+            match = _IMAGE_NAME.match(Path(f.path).name)
+            if match and match["key"] == key:
+                rows.append({"run_id": run_id, "key": key, "step": int(match["step"]),
+                             "timestamp": int(match["ts"]), "path": f.path})  # fmt: skip
+        return rows
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        rows = [row for found in pool.map(one, ids) for row in found]
+    frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "timestamp", "path"])
+    # A resumed run can log one step twice: the later image is the one that counts.
+    frame = frame.sort_values(["run_id", "step", "timestamp"])
+    return frame.drop_duplicates(["run_id", "step"], keep="last").reset_index(drop=True)
+
+
+def fetch_image(
+    run_id: str, path: str, tracking_uri: str | None = None, cache_dir: Path | None = None
+) -> Path:
+    """A local copy of one logged image (names carry a UUID: a cached copy never goes stale)."""
+    uri = tracking_uri or default_tracking_uri()
+    target = _store_dir(cache_dir, uri) / "images" / run_id
+    local = target / Path(path).name
+    if not local.is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one per image
+        fetched = Path(open_client(uri).download_artifacts(run_id, path, str(target)))
+        if fetched != local:
+            os.replace(fetched, local)
+    return local
+
+
+def cache_info(cache_dir: Path | None, tracking_uri: str) -> dict[str, Any]:
+    """What the history cache holds for a store (for the benchmark's printout)."""
+    folder = _store_dir(cache_dir, tracking_uri)
+    files = list(folder.glob("*.pkl"))
+    return {"folder": str(folder), "runs": len(files),
+            "bytes": sum(f.stat().st_size for f in files)}  # fmt: skip
+

@@ -1,0 +1,25 @@
+"""Where the records live (the studies' defaults) and the one error a bad name raises."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+
+
+class AnalysisError(ValueError):
+    """Bad input; the message starts with the option as typed (`--study NAME: ...`)."""
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the studies' default store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+def require_sqlite_file(url: str, option: str) -> None:
+    """Opening a missing SQLite file would create an empty database: refuse instead."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise AnalysisError(f"{option} {url}: no such database file")
