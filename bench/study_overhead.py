@@ -10,8 +10,9 @@ interpreter start-up, imports and store creation:
 - study, 1 worker: `python -m studies.gamma_sweep --workers 1` (the worker gets 2 threads);
 - study, 2 workers: `--workers 2` (1 thread each).
 Overhead = wall(1-worker study) / wall(plain) - 1; speed-up = aggregate images/s of
-2 workers / 1 worker; medians over --repeats rounds, the order rotating each round. The start-up figure is the time from launch until the first
-trial starts training in the 1-worker study.
+2 workers / 1 worker; medians over --repeats rounds, the order rotating each round.
+The start-up figure is the time from launch until the first trial starts training in
+the 1-worker study.
 """
 
 from __future__ import annotations
