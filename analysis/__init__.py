@@ -4,4 +4,15 @@ Stable inputs it relies on: the metric names logged by `began.train` (`m_global`
 `loss_d`, `loss_g`, `loss_real`, `loss_fake`, `balance`, `lr`, `images_per_s`,
 `m_global_mean` and the `began.metrics` names such as `fid_1k`), and the image keys
 `samples` and `reconstructions` logged with their step.
+
+In a notebook:
+
+    from analysis import load_runs, load_history, load_trials
+    df = load_runs(study="NAME")                          # one row per trial
+    hist = load_history(df.run_id, ["m_global", "k"])     # run_id, key, step, value
 """
+
+from analysis.data import load_runs, load_trials
+from analysis.history import load_history
+
+__all__ = ["load_history", "load_runs", "load_trials"]

@@ -67,7 +67,10 @@ def summary_bars(runs: pd.DataFrame, metric: str | None, params: list[str]) -> F
             ax.text(0.01 * span, yi, text, va="center", fontsize=8, color=colour)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(metric.removeprefix("objective_") if metric else "(no objective)")
+    label = metric.removeprefix("objective_").removeprefix("final_") if metric else ""
+    direction = dict(zip(runs.attrs.get("objectives", []), runs.attrs.get("directions", []),
+                         strict=False)).get(label)  # fmt: skip
+    ax.set_xlabel(f"{label} ({direction})" if direction else label or "(no objective)")
     ax.set_xlim(0, span * 1.25 if span > 0 else 1)
     handles = [matplotlib.patches.Patch(color=c, label=s) for s, c in STATE_COLOURS.items()
                if s in set(ordered["state"].astype(str))]  # fmt: skip
@@ -205,8 +208,11 @@ def importance(table: pd.DataFrame) -> Figure:
 
 def montage(tiles: list[tuple[Image.Image, str]], columns: int, title: str = "") -> Figure:
     rows = -(-len(tiles) // columns)
-    fig = Figure(figsize=(3.3 * columns, 3.6 * rows + (0.4 if title else 0)),
-                 layout="constrained")  # fmt: skip
+    height = 3.7 * rows + (0.4 if title else 0)
+    fig = Figure(figsize=(3.3 * columns, height))
+    # Constrained layout clips titles over axis-less images: fixed margins instead.
+    fig.subplots_adjust(0.01, 0.01, 0.99, 1 - (0.5 + (0.4 if title else 0)) / height,
+                        wspace=0.05, hspace=0.5 / 3.2)  # fmt: skip
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")
@@ -214,5 +220,5 @@ def montage(tiles: list[tuple[Image.Image, str]], columns: int, title: str = "")
         ax.imshow(np.asarray(image))
         ax.set_title(label, fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=11, y=1 - 0.1 / height)
     return fig

@@ -168,4 +168,3 @@ def cache_info(cache_dir: Path | None, tracking_uri: str) -> dict[str, Any]:
     files = list(folder.glob("*.pkl"))
     return {"folder": str(folder), "runs": len(files),
             "bytes": sum(f.stat().st_size for f in files)}  # fmt: skip
-

@@ -245,12 +245,17 @@ def mglobal_vs_quality(records: Records) -> Section:
     if metric is None or "final_m_global_mean" not in runs:
         return Section("mglobal", "Does M_global predict quality?", _MG_HELP, pd.DataFrame(),
                        None, ["needs a final M_global and a quality metric"])  # fmt: skip
-    data = runs[["trial", "gamma", "final_m_global_mean", metric]].dropna()
+    # Only complete trials: a pruned or failed one's last values are from an earlier step.
+    done = runs[runs["state"] == "COMPLETE"]
+    data = done[["trial", "gamma", "final_m_global_mean", metric]].dropna()
     rows = [_spearman("all", data, metric)]
     rows += [_spearman(f"gamma={g:g}", group, metric) for g, group in data.groupby("gamma")]
     table = pd.DataFrame(rows)
     fig = figures.mglobal_scatter(data, metric, table) if len(data) else None
-    notes = [f"quality metric: {metric.removeprefix('final_')}; rho needs 3 trials or more"]
+    notes = [
+        f"quality metric: {metric.removeprefix('final_')}; complete trials only; "
+        "rho needs 3 or more"
+    ]
     return Section("mglobal", "Does M_global predict quality?", _MG_HELP, table, fig, notes)
 
 

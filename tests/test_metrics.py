@@ -385,7 +385,8 @@ def test_fid_and_kid_are_the_metrics_scored_on_network_features() -> None:
 
 def test_metric_direction_of_every_logged_name() -> None:
     names = logged_names(parse_metrics("fid_5k,kid_1k,diversity,recon,sharpness"))
-    expected = "fid_5k kid_1k kid_1k_std diversity_ssim diversity_ssim_real recon_psnr recon_ssim"
+    expected = "fid_5k kid_1k kid_1k_std diversity_gap diversity_ssim diversity_ssim_real"
+    expected += " recon_psnr recon_ssim"
     assert " ".join(names) == expected + " blur_effect blur_effect_real"
     maximized = {name for name in names + ["m_global"] if metric_direction(name) == "maximize"}
     assert maximized == {"recon_psnr", "recon_ssim"}
@@ -448,9 +449,11 @@ def test_evaluate_shares_features_and_checks_inputs(tmp_path, monkeypatch, tiny_
         "kid_8",
         "kid_8_std",
         "fid_20",
+        "diversity_gap",
         "diversity_ssim",
         "diversity_ssim_real",
     }
+    assert values["diversity_gap"] == abs(values["diversity_ssim"] - values["diversity_ssim_real"])
     assert sum(generated) == 20 and extracted == [16, 8, 12]  # real set, samples, 12 more
     assert evaluate([], inputs) == {}
     inputs.heldout_images = inputs.heldout_images[:0]

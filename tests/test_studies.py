@@ -105,22 +105,29 @@ def test_four_workers_on_fresh_storage_all_start(in_folder):
     assert all(t.state == TrialState.COMPLETE for t in done)
 
 
-def test_search_params_land_in_optuna_and_mlflow(in_folder):
+def test_search_params_land_in_optuna_and_mlflow(in_folder, tiny_network):
     args = [*TINY, *SHORT, "--space", "gamma=0.3:0.8,lambda_k=1e-4:1e-2:log,adam_beta1=0.5,0.9",
-            "--n-trials", "3", "--workers", "1", "--objectives", "diversity,m_global",
-            "--study-name", "s", "--seed", "3"]  # fmt: skip
+            "--n-trials", "3", "--workers", "1", "--objectives", "fid_8,m_global",
+            "--feature-network", str(tiny_network), "--study-name", "s", "--seed", "3"]  # fmt: skip
     assert search.main(args) == 0
     done = trials(in_folder, "s")
     assert len(done) == 3 and all(t.state == TrialState.COMPLETE for t in done)
     assert len({t.params["gamma"] for t in done}) == 3  # sampled, not repeated
     _, [parent], children = child_runs(in_folder, "s")
+    assert parent.data.params["objectives"] == "fid_8,m_global"
     assert parent.data.params["directions"] == "minimize,minimize"
     by_id = {r.info.run_id: r for r in children}
     for trial in done:
-        params = by_id[trial.user_attrs["mlflow_run_id"]].data.params
+        run = by_id[trial.user_attrs["mlflow_run_id"]]
+        params = run.data.params
         assert float(params["gamma"]) == pytest.approx(trial.params["gamma"])
         assert float(params["lambda_k"]) == pytest.approx(trial.params["lambda_k"])
         assert float(params["adam_beta1"]) == trial.params["adam_beta1"]
+        assert run.data.metrics["objective_fid_8"] == pytest.approx(trial.values[0])
+    # The real images' feature statistics were computed once, before the workers started.
+    [stats] = (Path(os.environ["BEGAN_CACHE_DIR"]) / "stats").glob("*.npz")
+    first_start = min(t.datetime_start for t in done).timestamp()
+    assert stats.stat().st_mtime < first_start
 
 
 def tiny_spec(folder, name, gammas, objectives="diversity", steps=8):

@@ -165,6 +165,7 @@ def test_a_search_stops_asking_at_n_trials_or_its_timeout():
     first = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL)
     retry = optuna.trial.create_trial(
         state=optuna.trial.TrialState.COMPLETE,
+        value=0.5,
         system_attrs={"failed_trial": 0, "retry_history": [0]},
     )
     assert _may_start_new(spec, [first, retry], now)  # a retry is not a second trial

@@ -68,8 +68,8 @@ def diversity(ctx: EvalContext, num_samples: int) -> dict[str, float]:
     device, batch = ctx.device, ctx.inputs.batch_size
     generated = diversity_ssim(ctx.samples(num_samples), device, batch)
     real = diversity_ssim(ctx.real_subset(num_samples), device, batch)
-    return {"diversity_ssim": generated, "diversity_ssim_real": real,
-            "diversity_gap": abs(generated - real)}  # fmt: skip
+    return {"diversity_gap": abs(generated - real), "diversity_ssim": generated,
+            "diversity_ssim_real": real}  # fmt: skip
 
 
 @register_metric(

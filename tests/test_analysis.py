@@ -1,0 +1,216 @@
+"""Analysis reports over one small real study (complete, pruned, failed, running and
+waiting trials), checked against the MLflow and Optuna records they come from."""
+
+import base64
+import io
+import re
+import signal
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import began.train as train_module
+import studies.worker as worker_module
+from analysis import export, load_history, load_runs, report
+from analysis.history import list_images
+from began.cli import run_cli
+from studies.cli import base_config, build_parser
+from studies.objectives import resolve_objectives
+from studies.pruning import HealthRule
+from studies.records import open_parent_run
+from studies.runner import prepare_study
+from studies.space import grid_points, grid_space
+from studies.spec import GRID, StudySpec
+
+TINY = [
+    "--image-size", "16", "--filters", "4", "--hidden", "8", "--repeat", "1",
+    "--batch-size", "4", "--holdout", "8", "--num-grid", "8", "--log-every", "2",
+    "--metrics", "diversity_16", "--quiet", "--steps", "8", "--eval-every", "4",
+    "--sample-every", "4", "--checkpoint-every", "4",
+]  # fmt: skip
+NAME = "report"
+
+
+def spec_in(folder):
+    args = build_parser("t", "t", frozenset({"gamma"})).parse_args(TINY)
+    objectives, metrics = resolve_objectives("diversity,m_global", "diversity_16")
+    cfg = base_config(args)
+    return StudySpec(
+        kind=GRID, study_name=NAME, storage=f"sqlite:///{folder}/optuna.db",
+        tracking_uri=f"sqlite:///{folder}/mlflow.db", experiment=NAME,
+        base_config=cfg.__class__(**{**cfg.to_dict(), "metrics": metrics, "device": "cpu"}),
+        space=grid_space(), objectives=tuple(objectives), health=HealthRule(patience=1),
+        grid=tuple(grid_points([0.3, 0.5, 0.7, 0.9], [0])),
+    )  # fmt: skip
+
+
+def faulty_step(real_step):
+    """gamma 0.7 diverges (NaN: pruned), gamma 0.9 raises (failed) after step 5."""
+
+    def step(*args):
+        state, metrics = real_step(*args)
+        if args[8].gamma == 0.9 and state.step >= 5:
+            raise RuntimeError("CUDA error: out of memory")
+        if args[8].gamma == 0.7 and state.step >= 5:
+            metrics = {**metrics, "m_global": metrics["m_global"] * float("nan")}
+        return state, metrics
+
+    return step
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("BEGAN_CACHE_DIR", str(folder / "cache"))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.setattr(train_module, "train_step", faulty_step(train_module.train_step))
+        spec = spec_in(folder)
+        study = prepare_study(spec)
+        parent = open_parent_run(spec, study)
+        with pytest.raises(SystemExit):
+            worker_module.worker_main(spec, 0, "cpu", 1, parent)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        torch.set_num_threads(1)
+        study = optuna.load_study(study_name=NAME, storage=spec.storage)
+        study.ask()  # a trial still running (its worker has not reported yet)
+        study.enqueue_trial({"gamma": 1.0, "seed": 0})  # and one waiting in the queue
+    return folder
+
+
+@pytest.fixture
+def here(folder, monkeypatch):
+    monkeypatch.chdir(folder)  # the default sqlite:///optuna.db and mlflow.db
+    return folder
+
+
+def mlflow_runs(folder):
+    client = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    experiment = client.get_experiment_by_name(NAME).experiment_id
+    runs = {r.info.run_id: r for r in client.search_runs([experiment])}
+    return client, runs
+
+
+def test_load_runs_is_one_typed_row_per_trial_matching_the_records(here):
+    df = load_runs(study=NAME)
+    assert list(df["trial"]) == [0, 1, 2, 3, 4, 5]
+    assert list(df["state"].astype(str)) == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL",
+                                             "RUNNING", "WAITING"]  # fmt: skip
+    assert "diverged" in df.loc[2, "reason"] and "out of memory" in df.loc[3, "reason"]
+    assert isinstance(df["state"].dtype, pd.CategoricalDtype)
+    assert df["gamma"].dtype == float and df["steps"].dtype.kind == "f"  # NaN: no run
+    assert str(df["start_time"].dtype).startswith("datetime64")
+    assert df.attrs["objectives"] == ["diversity_gap", "m_global"]
+    assert df.attrs["directions"] == ["minimize", "minimize"]
+    _, runs = mlflow_runs(here)
+    for row in df[df["run_id"].notna()].itertuples():
+        run = runs[row.run_id]
+        assert float(run.data.params["gamma"]) == row.gamma
+        assert run.data.tags["trial_number"] == str(row.trial)
+        metrics = run.data.metrics
+        if row.state == "COMPLETE":
+            assert row.objective_diversity_gap == pytest.approx(metrics["objective_diversity_gap"])
+            assert row.final_m_global_mean == pytest.approx(metrics["m_global_mean"])
+    assert df["run_id"].iloc[4:].isna().all()  # running and waiting: no run yet
+
+
+def test_histories_match_mlflow_and_come_from_the_cache_the_second_time(here, monkeypatch):
+    df = load_runs(study=NAME)
+    ids = df["run_id"].dropna()
+    hist = load_history(ids, ["m_global", "k", "no_such_metric"])
+    assert set(hist.columns) == {"run_id", "key", "step", "value"}
+    client, _ = mlflow_runs(here)
+    for run_id in ids:
+        points = client.get_metric_history(run_id, "k")
+        mine = hist[(hist["run_id"] == run_id) & (hist["key"] == "k")]
+        assert list(mine["step"]) == sorted({p.step for p in points})
+    assert "no_such_metric" not in set(hist["key"])
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("fetched again")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_metric_history", no_fetch)
+    again = load_history(ids, ["m_global", "k"])
+    pd.testing.assert_frame_equal(again, hist)
+
+
+def test_report_renders_every_section_with_its_tables_and_images(here, capsys):
+    assert report.main(["--study", NAME, "--out", "out", "--window", "4"]) == 0
+    out = here / "out"
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 6 and list(summary["state"])[:4] == ["COMPLETE", "COMPLETE",
+                                                                "PRUNED", "FAIL"]  # fmt: skip
+    assert summary.loc[3, "steps"] < 8 <= summary.loc[0, "steps"]  # the failed one stopped
+    assert {"gamma", "seed", "diversity_gap", "m_global", "wall_s", "reason"} <= set(summary)
+    equilibrium = pd.read_csv(out / "equilibrium.csv")
+    assert len(equilibrium) == 4  # every trial that has a run
+    assert pd.read_csv(out / "samples.csv")["step"].notna().sum() >= 2
+    pareto = pd.read_csv(out / "pareto.csv")
+    assert set(pareto["trial"]) <= {0, 1} and len(pareto) >= 1
+    mglobal = pd.read_csv(out / "mglobal.csv")
+    assert mglobal.loc[0, "group"] == "all" and mglobal.loc[0, "n"] == 2
+    html = (out / "report.html").read_text()
+    embedded = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    assert len(embedded) >= 6
+    for data in embedded:
+        Image.open(io.BytesIO(base64.b64decode(data))).verify()
+    markdown = (out / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(linked) == len(embedded)
+    for name in linked:
+        with Image.open(out / name) as image:
+            assert image.format == "PNG"
+    for state in ("PRUNED", "FAIL", "RUNNING", "WAITING"):
+        assert state in html
+    client, runs = mlflow_runs(here)
+    [parent] = [r for r in runs.values() if "study_kind" in r.data.tags]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/report.html" in logged
+    assert "report:" in capsys.readouterr().out
+
+
+def test_progress_grids_of_a_chosen_run_and_a_runs_report(here):
+    df = load_runs(study=NAME)
+    chosen = df.loc[1, "run_id"]
+    assert report.main(["--study", NAME, "--out", "o2", "--run", chosen, "--no-log",
+                        "--format", "md"]) == 0  # fmt: skip
+    steps = pd.read_csv(here / "o2" / "progress.csv")["step"]
+    assert list(steps) == sorted(list_images([chosen], "samples")["step"])
+    assert not (here / "o2" / "report.html").exists()
+    ids = ",".join(df["run_id"].dropna()[:2])
+    assert report.main(["--runs", ids, "--out", "o3"]) == 0
+    assert len(pd.read_csv(here / "o3" / "summary.csv")) == 2
+
+
+def test_export_writes_csv_and_parquet(here):
+    assert export.main(["--study", NAME, "--out", "runs.csv"]) == 0
+    assert export.main(["--study", NAME, "--out", "runs.parquet"]) == 0
+    assert len(pd.read_csv(here / "runs.csv")) == 6
+    back = pd.read_parquet(here / "runs.parquet")
+    assert len(back) == 6 and back["gamma"].dtype == float
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--study", "nope"], "error: --study nope: no such study in sqlite:///optuna.db"),
+        (["--runs", "0123abc"], "error: --runs 0123abc: no such run"),
+        (["--experiment", "nope"], "error: --experiment nope: no MLflow experiment"),
+        (["--study", NAME, "--storage", "sqlite:///missing.db"],
+         "error: --storage sqlite:///missing.db: no such database file"),
+        (["--study", NAME, "--run", "abc", "--no-log"], "error: --run abc: not one of"),
+    ],
+)  # fmt: skip
+def test_unknown_names_are_one_line_errors(here, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(report.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err
+    assert not (here / "missing.db").exists()
