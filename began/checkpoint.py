@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from began.config import TrainConfig
 
 CHECKPOINT_NAME = "last.pt"
+PREVIOUS_NAME = "previous.pt"  # the checkpoint before last.pt: the fallback if last.pt is bad
 FORMAT_VERSION = 1
 
 
@@ -52,7 +54,9 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
-    """Write `checkpoint` to `path` atomically (temp file + rename)."""
+    """Write `checkpoint` to `path` atomically (temp file + rename), keeping the one it
+    replaces as `previous.pt` beside it. A full disk or a read-only folder raises
+    CheckpointError naming the file; the checkpoints already there are left intact."""
     payload = {
         "format_version": FORMAT_VERSION,
         "config_json": checkpoint.config.to_json(),
@@ -70,17 +74,51 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "eval_count": checkpoint.eval_count,
         "last_eval_json": json.dumps(checkpoint.last_eval),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = ""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        if path.exists():  # a hard link: at every instant a complete last.pt exists
+            previous = path.with_name(PREVIOUS_NAME)
+            previous.unlink(missing_ok=True)
+            os.link(path, previous)
         os.replace(tmp_name, path)
+    except OSError as error:
+        if tmp_name:
+            Path(tmp_name).unlink(missing_ok=True)
+        reason = error.strerror or str(error)
+        raise CheckpointError(
+            f"{path}: cannot write the checkpoint ({reason}); the previous one is intact"
+        ) from error
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        if tmp_name:
+            Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def load_checkpoint_or_previous(path: Path | str) -> Checkpoint:
+    """`load_checkpoint(path)`; if that file is truncated or corrupt and `previous.pt`
+    beside it is good, that one, with a warning naming both. Otherwise the first error."""
+    path = Path(path)
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as error:
+        previous = path.with_name(PREVIOUS_NAME)
+        if not previous.is_file() or previous == path:
+            raise
+        try:
+            checkpoint = load_checkpoint(previous)
+        except CheckpointError:
+            raise error from None
+        warnings.warn(
+            f"{error}; resuming from the previous checkpoint {previous} (step {checkpoint.step})",
+            stacklevel=2,
+        )
+        return checkpoint
 
 
 def _rng_device(state: torch.Tensor) -> str:

@@ -20,8 +20,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from began.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
-from began.cli import HelpFormatter, add_config_options, resume_command, run_cli, user_overrides
+from began.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    load_checkpoint,
+    load_checkpoint_or_previous,
+    save_checkpoint,
+)
+from began.cli import (
+    HelpFormatter,
+    add_config_options,
+    fail,
+    resume_command,
+    run_cli,
+    user_overrides,
+)
 from began.config import DEMO_OVERRIDES, ConfigError, TrainConfig
 from began.data import BatchSampler, ImageSet, load_images, split_holdout
 from began.data.sampler import holdout_count
@@ -144,7 +157,7 @@ def _checkpoint_to_resume(tracker: Tracker, dataset: ImageSet) -> Checkpoint | N
     path = tracker.latest_checkpoint()
     if path is None:
         return None
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint_or_previous(path)
     if checkpoint.dataset_fingerprint != dataset.fingerprint:
         raise ConfigError(
             f"data: {checkpoint.config.data or 'built-in'} is not the dataset this run was "
@@ -401,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         path = tracker.latest_checkpoint()
         if path is None:
             raise ConfigError(f"--resume {args.resume}: the run has no checkpoint to resume from")
-        cfg = replace(load_checkpoint(path).config, **user_overrides(args))
+        cfg = replace(load_checkpoint_or_previous(path).config, **user_overrides(args))
     else:
         cfg = config_for(args)
         tracker = MlflowTracker(args.tracking_uri, args.experiment, args.run_name)
@@ -411,6 +424,12 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         command = resume_command("began.train", tracker.run_id, args.tracking_uri)
         print(f"interrupted: {stop}; continue with:\n  {command}")
         raise SystemExit(130) from None
+    except TrainingDiverged as error:
+        fail(
+            f"training diverged: {error}; run {tracker.run_id} is marked FAILED "
+            "(a lower --lr or another --gamma may help)",
+            code=1,
+        )
     final = {"m_global_mean": result.final.m_global, **result.final.metrics}
     summary = ", ".join(f"{name}={value:.4g}" for name, value in final.items())
     if result.already_complete:

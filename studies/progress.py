@@ -181,9 +181,7 @@ def summary(spec: StudySpec, study: optuna.Study, seconds: float, tracking_hint:
         lines.append("no trial completed yet")
     lines.append("next:")
     lines.append(f"  {tracking_hint}")
-    lines.append(
-        f"  optuna-dashboard {spec.storage if '@' not in spec.storage else '<storage URL>'}"
-    )
+    lines.append(f"  optuna-dashboard {as_typed_here(spec.storage)}")
     if best:
         run_id = best[0].user_attrs.get(RUN_ID_ATTR, "RUN_ID")
         lines.append(f"  python -m began.sample --run {run_id} --out best.png   # 64 new faces")

@@ -48,7 +48,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     run.state.step = 99
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=f"^{path}: cannot write the checkpoint .disk full"):
         save_checkpoint(path, snapshot(run, "fp"))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
