@@ -23,7 +23,6 @@ from tqdm import tqdm
 from began.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
-    load_checkpoint,
     load_checkpoint_or_previous,
     save_checkpoint,
 )
