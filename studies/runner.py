@@ -195,6 +195,9 @@ class _ParentSignals:
 def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool, tracking_hint: str) -> int:
     """Run the study to its end (or Ctrl-C); returns the exit code (0, 1 or 130)."""
     started = time.monotonic()
+    # The study prints where to look at the end; MLflow's own "View run at" lines, printed
+    # by every worker for every run on an http tracking server, would bury the display.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "creating tables ..." is noise here
     study = prepare_study(spec)

@@ -1,0 +1,128 @@
+"""A study on the real multi-machine components: Optuna on PostgreSQL and an `mlflow server`
+with a PostgreSQL backend and a served artifact root, started here on loopback ports.
+
+Skipped where PostgreSQL is not installed; `.ci/run` runs them (the CI machine has it).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.servers import PG_PASSWORD, mlflow_server, postgres_available, postgres_cluster
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not postgres_available(), reason="PostgreSQL (initdb, pg_ctl) not here"),
+]
+
+TINY = [
+    "--image-size", "16", "--filters", "4", "--hidden", "8", "--repeat", "1",
+    "--batch-size", "4", "--holdout", "8", "--num-grid", "8", "--log-every", "2",
+    "--metrics", "diversity_16", "--quiet",
+]  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    with postgres_cluster() as cluster, mlflow_server(cluster["url"]["mlflow"], artifacts) as url:
+        yield {"storage": cluster["url"]["optuna"], "tracking": url, "artifacts": artifacts}
+
+
+def sweep(servers, folder, *extra):
+    command = [sys.executable, "-m", "studies.gamma_sweep", *TINY, "--storage",
+               servers["storage"], "--tracking-uri", servers["tracking"], *extra]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def study_trials(servers, name):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=servers["storage"]).get_trials()
+
+
+def study_runs(servers, name):
+    client = mlflow.MlflowClient(servers["tracking"])
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parent, children
+
+
+def test_two_hosts_share_one_study_on_postgres_and_an_mlflow_server(servers, tmp_path):
+    """Two study commands at once (two "hosts", two workers each) on one study: every
+    point once, one nested run per trial, artifacts on the server, no password shown."""
+    args = ["--steps", "8", "--eval-every", "4", "--checkpoint-every", "4", "--sample-every",
+            "8", "--gammas", "0.3,0.5,0.7,0.9", "--seeds", "2", "--workers", "2",
+            "--study-name", "shared"]  # fmt: skip
+    hosts = [tmp_path / "host-a", tmp_path / "host-b"]
+    for host in hosts:
+        host.mkdir()
+    first = sweep(servers, hosts[0], *args)
+    time.sleep(3)  # the second host joins a study that exists
+    second = sweep(servers, hosts[1], *args)
+    outputs = [first.communicate(timeout=600)[0], second.communicate(timeout=600)[0]]
+    assert first.returncode == 0 and second.returncode == 0, "\n".join(outputs)
+    trials = study_trials(servers, "shared")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    assert len({(t.params["gamma"], t.params["seed"]) for t in trials}) == 8  # each point once
+    client, [parent], children = study_runs(servers, "shared")
+    assert sorted(r.info.run_id for r in children) == sorted(
+        t.user_attrs["mlflow_run_id"] for t in trials
+    )
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    for run in children[:2]:  # checkpoints and grids went to the server's artifact root
+        paths = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+        assert "checkpoints/last.pt" in paths
+        assert client.list_artifacts(run.info.run_id, "images")
+    assert parent.data.params["storage"].count("***") == 1
+    for text in [*outputs, str(parent.data.params), str(parent.data.tags)]:
+        assert PG_PASSWORD not in text
+
+
+def test_a_killed_worker_s_trial_continues_from_the_server_s_checkpoint(servers, tmp_path):
+    """kill -9 mid-trial with the checkpoint only on the MLflow server: the retry downloads
+    it and finishes the same run."""
+    args = ["--steps", "400", "--eval-every", "200", "--sample-every", "400",
+            "--checkpoint-every", "20", "--gammas", "0.5", "--workers", "1",
+            "--heartbeat", "1", "--study-name", "killed"]  # fmt: skip
+    parent = sweep(servers, tmp_path, *args)
+    deadline = time.monotonic() + 120
+    run_id = None
+    while time.monotonic() < deadline and run_id is None:
+        time.sleep(0.3)
+        try:
+            [trial] = study_trials(servers, "killed")
+            client = mlflow.MlflowClient(servers["tracking"])
+            candidate = trial.user_attrs.get("mlflow_run_id")
+            if candidate and client.list_artifacts(candidate, "checkpoints"):
+                run_id = candidate
+        except (KeyError, ValueError):
+            pass
+    assert run_id is not None, parent.communicate(timeout=60)[0]
+    from tests.test_studies import worker_pids
+
+    [worker] = worker_pids(parent.pid)
+    os.kill(worker, signal.SIGKILL)
+    parent.communicate(timeout=60)
+    rerun = sweep(servers, tmp_path, *args)
+    output = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, output
+    first, retry = study_trials(servers, "killed")
+    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["mlflow_run_id"] == run_id
+    _, _, [run] = study_runs(servers, "killed")
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.tags["resume_count"] == "1"  # continued from a checkpoint, not step 0
