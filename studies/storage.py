@@ -18,6 +18,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from studies.pruning import make_pruner
 from studies.spec import GRID, StudySpec, mask_url
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
@@ -89,10 +90,13 @@ def make_sampler(spec: StudySpec, worker_index: int) -> optuna.samplers.BaseSamp
 
 
 def load_study(spec: StudySpec, worker_index: int = 0) -> optuna.Study:
+    """The study as a worker sees it: its sampler and, explicitly, its pruner (Optuna's
+    default would be a median pruner, which `--pruner none` must not get)."""
     return optuna.load_study(
         study_name=spec.study_name,
         storage=open_storage(spec),
         sampler=make_sampler(spec, worker_index),
+        pruner=make_pruner(spec.pruner, len(spec.objectives)),
     )
 
 

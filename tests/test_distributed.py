@@ -75,7 +75,11 @@ def test_two_hosts_share_one_study_on_postgres_and_an_mlflow_server(servers, tmp
     outputs = [first.communicate(timeout=600)[0], second.communicate(timeout=600)[0]]
     assert first.returncode == 0 and second.returncode == 0, "\n".join(outputs)
     trials = study_trials(servers, "shared")
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8, [
+        (t.number, t.state.name, t.user_attrs.get("reason"))
+        for t in trials
+        if t.state.name != "COMPLETE"
+    ]
     assert len({(t.params["gamma"], t.params["seed"]) for t in trials}) == 8  # each point once
     client, [parent], children = study_runs(servers, "shared")
     assert sorted(r.info.run_id for r in children) == sorted(

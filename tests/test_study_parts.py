@@ -14,8 +14,17 @@ from began.train import EvalReport
 from studies import gamma_sweep, search
 from studies.objectives import ObjectiveError, resolve_objectives
 from studies.pruning import HealthRule, HealthState, PrunerError, make_pruner, pruner_warning
-from studies.space import SpaceError, grid_points, parse_gammas, parse_seeds, parse_space
-from studies.spec import SEARCH, StudySpec, mask_url
+from studies.runner import prepare_study
+from studies.space import (
+    SpaceError,
+    grid_points,
+    grid_space,
+    parse_gammas,
+    parse_seeds,
+    parse_space,
+)
+from studies.spec import GRID, SEARCH, StudySpec, mask_url
+from studies.storage import load_study
 from studies.worker import _may_start_new
 
 
@@ -171,3 +180,15 @@ def test_a_search_stops_asking_at_n_trials_or_its_timeout():
     assert _may_start_new(spec, [first, retry], now)  # a retry is not a second trial
     assert not _may_start_new(spec, [first, retry, first], now)
     assert not _may_start_new(spec, [], now - 61)  # past the timeout: no new trial
+
+
+@pytest.mark.parametrize(("pruner", "kind"), [("none", "NopPruner"), ("median", "MedianPruner")])
+def test_workers_get_the_study_s_pruner_not_optuna_s_default(tmp_path, pruner, kind):
+    spec = StudySpec(
+        kind=GRID, study_name="p", storage=f"sqlite:///{tmp_path}/optuna.db", tracking_uri="",
+        experiment="p", base_config=TrainConfig(), space=grid_space(),
+        objectives=tuple(resolve_objectives("diversity", "")[0]), pruner=pruner,
+        grid=tuple(grid_points([0.5], [0])),
+    )  # fmt: skip
+    prepare_study(spec)
+    assert type(load_study(spec).pruner).__name__ == kind
