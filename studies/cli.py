@@ -20,7 +20,13 @@ from began.run import resolve_device
 from studies.objectives import resolve_objectives
 from studies.pruning import PRUNERS, HealthRule, make_pruner, pruner_warning
 from studies.runner import WorkerSlot, run_study
-from studies.spec import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, StudySpec, config_fingerprint
+from studies.spec import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_STORAGE,
+    StudySpec,
+    config_fingerprint,
+    mask_url,
+)
 from studies.storage import SAMPLERS
 from studies.worker import cpu_threads
 
@@ -248,9 +254,9 @@ def launch(spec: StudySpec, args: argparse.Namespace) -> int:
     slots = worker_slots(args)
     hint = "mlflow ui   # in this folder; open http://127.0.0.1:5000"
     if spec.tracking_uri != absolute_sqlite(DEFAULT_TRACKING):
-        hint = f"mlflow ui --backend-store-uri {spec.tracking_uri}"
+        hint = f"mlflow ui --backend-store-uri {mask_url(spec.tracking_uri)}"
         if spec.tracking_uri.startswith("http"):
-            hint = f"open {spec.tracking_uri}"
+            hint = f"open {mask_url(spec.tracking_uri)}"
     hint += (
         f" -> experiment {spec.experiment!r} -> run {spec.study_name!r} (expand: one run per trial)"
     )
