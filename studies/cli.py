@@ -257,7 +257,6 @@ def launch(spec: StudySpec, args: argparse.Namespace) -> int:
         hint = f"mlflow ui --backend-store-uri {mask_url(spec.tracking_uri)}"
         if spec.tracking_uri.startswith("http"):
             hint = f"open {mask_url(spec.tracking_uri)}"
-    hint += (
-        f" -> experiment {spec.experiment!r} -> run {spec.study_name!r} (expand: one run per trial)"
-    )
+    hint += f" -> experiment {spec.experiment!r} -> Training runs -> {spec.study_name!r}"
+    hint += " (+ opens one run per trial)"
     return run_study(spec, slots, args.quiet, hint)
