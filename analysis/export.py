@@ -6,17 +6,16 @@ spreadsheets.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
 from analysis.report import add_source_options, load_source
 from analysis.sources import AnalysisError
-from began.cli import HelpFormatter, run_cli
+from began.cli import HelpFormatter, Parser, run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m analysis.export", description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
     )  # fmt: skip

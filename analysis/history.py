@@ -19,7 +19,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from analysis.sources import default_tracking_uri, require_sqlite_file
+from analysis.sources import AnalysisError, default_tracking_uri, require_sqlite_file
+from began.tracking import TrackingError, check_tracking_uri
 
 THREADS = 8
 _MEMORY: dict[tuple[str, str, str], pd.DataFrame] = {}  # (uri, run id, key) -> frame
@@ -31,6 +32,10 @@ def open_client(tracking_uri: str) -> mlflow.MlflowClient:
     """One client per URI (a SQLite store builds its engine once)."""
     if tracking_uri not in _CLIENTS:
         require_sqlite_file(tracking_uri, "--tracking-uri")
+        try:
+            check_tracking_uri(tracking_uri)
+        except TrackingError as error:
+            raise AnalysisError(str(error)) from None
         _CLIENTS[tracking_uri] = mlflow.MlflowClient(tracking_uri)
     return _CLIENTS[tracking_uri]
 

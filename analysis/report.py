@@ -23,7 +23,7 @@ from analysis.history import load_history, open_client
 from analysis.render import FORMATS, write_report
 from analysis.sections import CURVES, Records, Section
 from analysis.sources import DEFAULT_STORAGE, AnalysisError, default_tracking_uri
-from began.cli import HelpFormatter, run_cli
+from began.cli import HelpFormatter, Parser, run_cli
 
 SECTIONS = (
     sections.summary, sections.curves, sections.equilibrium, sections.quality_by_gamma,
@@ -33,7 +33,7 @@ SECTIONS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m analysis.report", description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
     )  # fmt: skip

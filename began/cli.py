@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -19,6 +20,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors ("argument --steps: invalid int value: 'x'") on one line
+    and exit code 2, like every other bad-input error of the project."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each default once: not for options whose help already states it, nor None."""
 
@@ -27,6 +36,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "(default:" in text or action.default is None:
             return text
         return super()._get_help_string(action)
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(option: str, name: str) -> str:
+    """Experiment, run and study names: no path separators, spaces or shell characters."""
+    if not NAME_PATTERN.fullmatch(name):
+        from began.config import ConfigError
+
+        raise ConfigError(
+            f"{option}: {name!r} may hold only letters, digits, '.', '_' and '-' "
+            "(no path separators, spaces or shell characters), at most 100 characters"
+        )
+    return name
 
 
 def option_flag(field_name: str) -> str:

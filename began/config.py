@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -185,7 +186,8 @@ def _validate(cfg: TrainConfig) -> None:
     _require(cfg.holdout >= -1, "holdout", f"must be >= 0, or -1 for auto, got {cfg.holdout}")
     _require(cfg.lr_patience >= 1, "lr_patience", f"must be >= 1, got {cfg.lr_patience}")
     _require(0.0 < cfg.gamma <= 1.0, "gamma", f"must be in (0, 1], got {cfg.gamma}")
-    _require(cfg.lambda_k >= 0.0, "lambda_k", f"must be >= 0, got {cfg.lambda_k}")
+    # lambda_k = 0 would freeze k at k_init: not BEGAN's controller any more.
+    _require(cfg.lambda_k > 0.0, "lambda_k", f"must be > 0, got {cfg.lambda_k}")
     _require(0.0 <= cfg.k_init <= 1.0, "k_init", f"must be in [0, 1], got {cfg.k_init}")
     _require(cfg.lr > 0.0, "lr", f"must be > 0, got {cfg.lr}")
     _require(0.0 < cfg.lr_min <= cfg.lr, "lr_min", f"must be in (0, lr={cfg.lr}], got {cfg.lr_min}")
@@ -216,7 +218,7 @@ def _validate(cfg: TrainConfig) -> None:
         "must be > 0 for the recon metric (it scores D on images it never trained on)",
     )
     _require(
-        cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+        re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.device) is not None,
         "device",
         f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}",
     )

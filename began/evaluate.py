@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from began.checkpoint import load_checkpoint
-from began.cli import fail, run_cli
-from began.config import TrainConfig
+from began.cli import Parser, fail, run_cli
+from began.config import ConfigError, TrainConfig
 from began.data import ImageSet, load_images, split_holdout
 from began.metrics import EvalInputs, MetricRequest, evaluate, parse_metrics
 from began.models import Discriminator, Generator, sample_z
@@ -63,7 +63,7 @@ def quality_metrics(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m began.evaluate",
         description="Score a run's generator after training and log the values to the run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -97,14 +97,19 @@ def _requests(spec: str, num_samples: int | None) -> list[MetricRequest]:
             for item in (part.strip() for part in spec.split(","))
             if item
         )
-    return parse_metrics(spec)
+    try:
+        return parse_metrics(spec)
+    except ValueError as error:  # the registry's message already starts with "metrics:"
+        raise ConfigError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    from began.tracking import MlflowTracker
+    from began.tracking import MlflowTracker, check_tracking_uri
 
     args = build_parser().parse_args(argv)
     requests = _requests(args.metrics, args.num_samples)
+    device = resolve_device(args.device)  # a wrong --device fails before any loading
+    check_tracking_uri(args.tracking_uri)
     tracker = MlflowTracker(args.tracking_uri, run_id=args.run, run_option="--run")
     path = tracker.latest_checkpoint()
     if path is None:
@@ -115,7 +120,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         cfg = replace(cfg, data=args.data)
     if args.feature_network is not None:
         cfg = replace(cfg, feature_network=args.feature_network)
-    device = resolve_device(args.device)
     dataset = load_images(cfg.data, cfg.image_size, cfg.crop, cfg.keep_grayscale, args.cache_dir)
     if dataset.fingerprint != checkpoint.dataset_fingerprint:
         fail(f"--data {cfg.data or 'built-in'}: not the dataset run {args.run} was trained on")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from began.models import Discriminator, Generator, sample_z
 from began.schedule import PlateauHalving
 from began.step import TrainState
 
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?")
 FIXED_Z_SEED_OFFSET = 7919  # the sample-grid z is drawn apart from the training z
 
 # Fields that may differ between a checkpoint and the config that resumes it:
@@ -30,6 +32,8 @@ def resolve_device(name: str) -> torch.device:
     """`auto` picks the first GPU when there is one; a GPU that is not there is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {name!r}")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from began.checkpoint import Checkpoint, load_checkpoint
-from began.cli import fail, run_cli
+from began.cli import Parser, fail, run_cli
 from began.images import image_grid, save_png
 from began.models import Generator, sample_z
 from began.run import resolve_device
@@ -67,7 +67,7 @@ def sample_grid(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m began.sample",
         description="Write a grid of samples (or latent walks) from a trained generator.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -94,16 +94,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
         fail(f"--num: must be >= 1, got {args.num}")
     if args.walk_length < 2:
         fail(f"--walk-length: must be >= 2, got {args.walk_length}")
+    device = resolve_device(args.device)  # a wrong --device fails before any loading
     if args.run:
-        from began.tracking import MlflowTracker
+        from began.tracking import MlflowTracker, check_tracking_uri
 
+        check_tracking_uri(args.tracking_uri)
         tracker = MlflowTracker(args.tracking_uri, run_id=args.run, run_option="--run")
         path = tracker.latest_checkpoint()
         if path is None:
             fail(f"--run {args.run}: the run has no checkpoint")
     else:
         path = args.checkpoint
-    G = load_generator(load_checkpoint(path), resolve_device(args.device))
+    G = load_generator(load_checkpoint(path), device)
     images = sample_grid(G, args.num, args.seed, args.interpolate, args.walk_length)
     columns = args.walk_length if args.interpolate else math.ceil(math.sqrt(len(images)))
     args.out.parent.mkdir(parents=True, exist_ok=True)

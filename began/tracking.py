@@ -17,11 +17,12 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.request
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 import numpy as np
 import torch
@@ -37,6 +38,33 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 
 class TrackingError(RuntimeError):
     """The tracking store refused a request; the message says which run or experiment."""
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***: safe for params, logs and reports."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def check_tracking_uri(uri: str | None, option: str = "--tracking-uri") -> None:
+    """An MLflow server that does not answer is a one-line error before any work starts,
+    not minutes of MLflow's own retries later. Local stores need no check."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
+            pass
+    except Exception as error:
+        reason = getattr(error, "reason", None) or error
+        raise TrackingError(
+            f"{option} {mask_url(uri)}: cannot reach the MLflow server ({reason})"
+        ) from None
 
 
 class Tracker(Protocol):

@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,9 @@ from began.checkpoint import (
 )
 from began.cli import (
     HelpFormatter,
+    Parser,
     add_config_options,
+    check_name,
     fail,
     resume_command,
     run_cli,
@@ -44,7 +47,14 @@ from began.metrics import get_metric, inception, parse_metrics
 from began.provenance import device_name, git_commit, package_versions
 from began.run import Run, build_run, resolve_device, restore, snapshot
 from began.step import STEP_METRICS, train_step
-from began.tracking import FAILED, FINISHED, KILLED, MlflowTracker, Tracker
+from began.tracking import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    MlflowTracker,
+    Tracker,
+    check_tracking_uri,
+)
 
 RECONSTRUCTION_GRID_IMAGES = 32
 
@@ -380,7 +390,7 @@ class _Loop:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m began.train",
         description="Train BEGAN on a folder of face images and record the run in MLflow. "
         "Without --data: a short CPU demo on built-in faces (demo values shown as defaults).",
@@ -408,6 +418,10 @@ def config_for(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
     args = build_parser().parse_args(argv)
+    check_name("--experiment", args.experiment)
+    if args.run_name is not None:
+        check_name("--run-name", args.run_name)
+    check_tracking_uri(args.tracking_uri)
     if args.resume:
         tracker = MlflowTracker(args.tracking_uri, run_id=args.resume)
         path = tracker.latest_checkpoint()
@@ -416,6 +430,9 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         cfg = replace(load_checkpoint_or_previous(path).config, **user_overrides(args))
     else:
         cfg = config_for(args)
+        if cfg.data and not Path(cfg.data).exists():  # before a run is created for it
+            raise ConfigError(f"data: {cfg.data} does not exist")
+        resolve_device(cfg.device)  # a GPU that is not here: now, not after the data loads
         tracker = MlflowTracker(args.tracking_uri, args.experiment, args.run_name)
     try:
         result = train(cfg, tracker, quiet=args.quiet, cache_dir=args.cache_dir)

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from began.cli import HelpFormatter, add_config_options, option_flag, user_overrides
+from began.cli import (
+    HelpFormatter,
+    Parser,
+    add_config_options,
+    check_name,
+    option_flag,
+    user_overrides,
+)
 from began.config import DEMO_OVERRIDES, ConfigError, TrainConfig
 from began.run import resolve_device
+from began.tracking import check_tracking_uri, mask_url
 from studies.objectives import resolve_objectives
 from studies.pruning import PRUNERS, HealthRule, make_pruner, pruner_warning
 from studies.runner import WorkerSlot, run_study
@@ -25,13 +32,11 @@ from studies.spec import (
     DEFAULT_STORAGE,
     StudySpec,
     config_fingerprint,
-    mask_url,
 )
 from studies.storage import SAMPLERS
 from studies.worker import cpu_threads
 
 DEFAULT_TRACKING = "sqlite:///mlflow.db"  # MLflow's own default: what a plain `mlflow ui` reads
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 # Without --data, a study is the CPU demo: the single-run demo (began/config.py says why
 # its values do not collapse), evaluated three times so the health rule can act.
@@ -43,9 +48,7 @@ class OptionError(ValueError):
 
 
 def build_parser(prog: str, description: str, varied: frozenset[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=HelpFormatter
-    )
+    parser = Parser(prog=prog, description=description, formatter_class=HelpFormatter)
     training = parser.add_argument_group("training options (as began.train; every trial uses them)")
     add_config_options(training, shown_defaults=STUDY_DEMO_OVERRIDES, skip=varied | {"seed"})
     study = parser.add_argument_group("study options")
@@ -151,15 +154,6 @@ def base_config(args: argparse.Namespace) -> TrainConfig:
     return replace(base, **overrides)
 
 
-def check_name(option: str, name: str) -> str:
-    if not NAME_PATTERN.match(name):
-        raise OptionError(
-            f"{option}: {name!r} may hold only letters, digits, '.', '_' and '-' "
-            "(no path separators, spaces or shell characters), at most 100 characters"
-        )
-    return name
-
-
 def worker_slots(args: argparse.Namespace) -> list[WorkerSlot]:
     """Which device each worker gets, and its thread count."""
     if args.devices == "auto":
@@ -215,6 +209,7 @@ def study_spec(
     if warning:
         print(f"warning: {warning}")
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING
+    check_tracking_uri(tracking_uri)
     return StudySpec(
         kind=kind,
         study_name=name,

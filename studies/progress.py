@@ -17,8 +17,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from began.tracking import mask_url
 from studies.records import best_trials
-from studies.spec import StudySpec, mask_url
+from studies.spec import StudySpec
 from studies.storage import FINAL_ATTR, REASON_ATTR, RUN_ID_ATTR
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -20,9 +20,9 @@ import optuna
 from mlflow.entities import Metric, Param, RunTag
 from optuna.trial import FrozenTrial, TrialState
 
-from began.tracking import MlflowTracker, TrackingError, with_retries
+from began.tracking import MlflowTracker, TrackingError, mask_url, with_retries
 from studies.space import describe_space
-from studies.spec import StudySpec, mask_url
+from studies.spec import StudySpec
 from studies.storage import FINAL_ATTR, PARENT_RUN_ATTR, REASON_ATTR, RUN_ID_ATTR, is_retry
 
 

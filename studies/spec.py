@@ -10,7 +10,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from optuna.distributions import BaseDistribution
 
@@ -51,17 +50,6 @@ class StudySpec:
     @property
     def total_trials(self) -> int | None:
         return len(self.grid) if self.kind == GRID else self.n_trials
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***: safe for params, logs and reports."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 def config_fingerprint(cfg: TrainConfig, varied: set[str]) -> str:

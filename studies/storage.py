@@ -18,8 +18,9 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from began.tracking import mask_url
 from studies.pruning import make_pruner
-from studies.spec import GRID, StudySpec, mask_url
+from studies.spec import GRID, StudySpec
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
 
@@ -52,6 +53,8 @@ def open_storage(spec: StudySpec) -> RDBStorage:
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs["pool_pre_ping"] = True  # a restarted server: reconnect, not fail
+        if url.startswith("postgresql"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}  # unreachable: fail fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -91,9 +91,11 @@ def postgres_cluster(databases: tuple[str, ...] = ("optuna", "mlflow")) -> Itera
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_url: str, artifacts: Path, timeout_s: float = 90) -> Iterator[str]:
+def mlflow_server(
+    backend_url: str, artifacts: Path, timeout_s: float = 90, port: int | None = None
+) -> Iterator[str]:
     """`mlflow server` over `backend_url`, serving artifacts from `artifacts`; yields its URL."""
-    port = free_port()
+    port = port or free_port()
     command = [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_url,
         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),

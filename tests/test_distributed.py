@@ -130,3 +130,57 @@ def test_a_killed_worker_s_trial_continues_from_the_server_s_checkpoint(servers,
     _, _, [run] = study_runs(servers, "killed")
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert run.data.tags["resume_count"] == "1"  # continued from a checkpoint, not step 0
+
+
+def test_training_goes_on_while_the_mlflow_server_is_away(tmp_path):
+    """The server stops mid-run and comes back 20 s later on the same address: the run
+    trains on, and every metric point, grid and checkpoint is delivered."""
+    from began.tracking import MlflowTracker
+    from began.train import train
+    from tests.test_train import tiny
+
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    with postgres_cluster(("mlflow",)) as cluster:
+        backend = cluster["url"]["mlflow"]
+        server = mlflow_server(backend, artifacts)
+        url = server.__enter__()
+        port = int(url.rsplit(":", 1)[1])
+        tracker = MlflowTracker(url, "outage")
+        outage = {"done": False}
+
+        def should_stop(report):
+            if report.step == 100 and not outage["done"]:  # mid-run: take the server away
+                server.__exit__(None, None, None)
+                outage["done"] = True
+                outage["back"] = None
+            return None
+
+        # Long enough (~150 steps/s here) to train through the whole outage.
+        cfg = tiny(steps=5000, eval_every=100, log_every=10, checkpoint_every=1000,
+                   sample_every=1000, metrics="")  # fmt: skip
+        import threading
+
+        def restart_later():
+            while not outage["done"]:
+                time.sleep(0.2)
+            time.sleep(20)
+            outage["back"] = mlflow_server(backend, artifacts, port=port)
+            outage["back"].__enter__()
+
+        restarter = threading.Thread(target=restart_later)
+        restarter.start()
+        try:
+            result = train(cfg, tracker, should_stop=should_stop)
+            restarter.join()
+            assert result.step == 5000
+            client = mlflow.MlflowClient(url)
+            history = client.get_metric_history(tracker.run_id, "m_global")
+            assert sorted(m.step for m in history) == list(range(10, 5001, 10))  # none lost
+            assert client.get_run(tracker.run_id).info.status == "FINISHED"
+            paths = {a.path for a in client.list_artifacts(tracker.run_id, "checkpoints")}
+            assert "checkpoints/last.pt" in paths
+        finally:
+            restarter.join()
+            if outage.get("back") is not None:
+                outage["back"].__exit__(None, None, None)

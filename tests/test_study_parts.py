@@ -10,6 +10,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from began.cli import run_cli
 from began.config import TrainConfig
+from began.tracking import mask_url
 from began.train import EvalReport
 from studies import gamma_sweep, search
 from studies.objectives import ObjectiveError, resolve_objectives
@@ -23,7 +24,7 @@ from studies.space import (
     parse_seeds,
     parse_space,
 )
-from studies.spec import GRID, SEARCH, StudySpec, mask_url
+from studies.spec import GRID, SEARCH, StudySpec
 from studies.storage import load_study
 from studies.worker import _may_start_new
 
