@@ -16,6 +16,7 @@ from began.tracking import MlflowTracker
 from began.train import TrainingDiverged, TrainResult, train
 from studies.pruning import TrialMonitor
 from studies.records import trial_tracker
+from studies.retry import retrying
 from studies.space import suggest
 from studies.spec import StudySpec
 from studies.storage import FINAL_ATTR, RUN_ID_ATTR
@@ -36,7 +37,7 @@ def run_trial(
     params = suggest(trial, spec.space)  # a queued grid point, a retry's params, or sampled
     cfg = replace(spec.base_config, **params, device=device)
     tracker = trial_tracker(spec, trial, parent_run_id)  # a new child run, or the one retried
-    trial.set_user_attr(RUN_ID_ATTR, tracker.run_id)  # recorded before training starts
+    retrying(lambda: trial.set_user_attr(RUN_ID_ATTR, tracker.run_id))  # before training
     monitor = TrialMonitor(trial, list(spec.objectives), spec.health)
     try:
         result = train(
@@ -57,4 +58,5 @@ def run_trial(
 
 def _record_final(trial: optuna.Trial, result: TrainResult) -> None:
     final = {"step": result.step, "m_global": result.final.m_global, **result.final.metrics}
-    trial.set_user_attr(FINAL_ATTR, {k: v for k, v in final.items() if math.isfinite(v)})
+    finite = {k: v for k, v in final.items() if math.isfinite(v)}
+    retrying(lambda: trial.set_user_attr(FINAL_ATTR, finite))

@@ -119,6 +119,13 @@ class StudyProgress:
         self.bar.set_postfix_str(postfix + self.best_text, refresh=False)
         self.bar.refresh()
 
+    def update_quietly(self, study: optuna.Study) -> None:
+        """`update`, but a storage that is briefly away (a restart) only shows in the bar."""
+        try:
+            self.update(study)
+        except Exception as error:
+            self.bar.set_postfix_str(f"storage unreachable, retrying: {type(error).__name__}")
+
     def _write(self, line: str) -> None:
         if self.quiet:
             print(line, flush=True)

@@ -24,6 +24,7 @@ import optuna
 
 from began.train import EvalReport
 from studies.objectives import M_GLOBAL, Objective
+from studies.retry import retrying
 
 PRUNERS = ("none", "median", "hyperband")
 
@@ -124,14 +125,15 @@ class TrialMonitor:
 
     def __call__(self, report: EvalReport) -> str | None:
         values = {o.logged: o.value(report.m_global, report.metrics) for o in self.objectives}
-        self.trial.set_user_attr("last_evaluation", {"step": report.step, **values})
+        shown = {"step": report.step, **{k: v for k, v in values.items() if math.isfinite(v)}}
+        retrying(lambda: self.trial.set_user_attr("last_evaluation", shown))
         reason = self.health.check(report)
         if reason is not None:
             return reason
         if len(self.objectives) == 1:
             [(name, value)] = values.items()
             if math.isfinite(value):
-                self.trial.report(value, report.step)
-                if self.trial.should_prune():
+                retrying(lambda: self.trial.report(value, report.step))
+                if retrying(self.trial.should_prune):
                     return f"pruner: {name} = {value:.4g} at step {report.step}"
         return None

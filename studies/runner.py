@@ -26,6 +26,7 @@ from began.data import load_images
 from began.metrics import get_metric, parse_metrics
 from studies.progress import DONE_STATES, StudyProgress, as_typed_here, summary
 from studies.records import close_parent_run, open_parent_run
+from studies.retry import retrying
 from studies.spec import GRID, StudySpec
 from studies.storage import (
     BASE_CONFIG_ATTR,
@@ -198,6 +199,7 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool, tracking_hi
     # The study prints where to look at the end; MLflow's own "View run at" lines, printed
     # by every worker for every run on an http tracking server, would bury the display.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # same, per download
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "creating tables ..." is noise here
     study = prepare_study(spec)
@@ -224,10 +226,10 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool, tracking_hi
         for process in processes:
             process.start()
         while any(p.is_alive() for p in processes):
-            progress.update(study)
+            progress.update_quietly(study)
             for process in processes:  # about one poll of the storage every 2 s
                 process.join(timeout=POLL_S / len(processes))
-        progress.update(study)
+        retrying(lambda: progress.update(study))
         progress.close()
     codes = [p.exitcode for p in processes]
     interrupted = signals.stopping or INTERRUPTED_EXIT in codes
@@ -237,7 +239,7 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool, tracking_hi
         status = "KILLED"
     elif crashed and _unfinished(study):
         status = "FAILED"
-    close_parent_run(spec, study, parent_run_id, status)
+    retrying(lambda: close_parent_run(spec, study, parent_run_id, status))
     print(summary(spec, study, time.monotonic() - started, tracking_hint), flush=True)
     if interrupted:
         print(f"stopped; run the same command again to continue study {spec.study_name}")

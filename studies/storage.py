@@ -10,6 +10,7 @@ continues the same MLflow run from its last checkpoint.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -128,12 +129,30 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 @contextlib.contextmanager
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Beat for `trial` while the block runs, as Study.optimize does for its trials."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
+def heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: float) -> Iterator[None]:
+    """Beat for `trial` while the block runs, as Study.optimize does for its trials.
 
-    with get_heartbeat_thread(trial._trial_id, study._storage):
+    Unlike Optuna's own thread, a failed beat (the database restarting) does not end the
+    thread: it beats again at the next interval, so a short outage does not make a
+    healthy trial look dead to the other workers.
+    """
+    storage = study._storage
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(trial._trial_id)
+            if stop.wait(interval_s):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
         yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def claim_queued_trial(study: optuna.Study) -> optuna.Trial | None:

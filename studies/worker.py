@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from began.train import TrainingInterrupted
 from studies.objective import run_trial
 from studies.records import record_trial_end
+from studies.retry import retrying
 from studies.spec import SEARCH, StudySpec
 from studies.storage import (
     REASON_ATTR,
@@ -72,20 +73,27 @@ def worker_main(spec: StudySpec, index: int, device: str, threads: int, parent_r
     warnings.filterwarnings("ignore")  # a library's warning would scramble the study display
     stop = _StopRequest()
     stop.install()
-    study = load_study(spec, index)
-    started = time.monotonic()
-    while not stop:
-        trial = next_trial(study, spec, started)
-        if trial is None:
-            break
-        if trial is _WAIT:
-            time.sleep(min(5.0, spec.heartbeat_s / 2))
-            continue
-        assert isinstance(trial, optuna.Trial)
-        with heartbeat(study, trial):
-            interrupted = run_and_tell(study, trial, spec, device, parent_run_id, stop)
-        if interrupted:
-            sys.exit(INTERRUPTED_EXIT)
+    try:
+        study = load_study(spec, index)
+        started = time.monotonic()
+        while not stop:
+            trial = retrying(lambda: next_trial(study, spec, started))
+            if trial is None:
+                break
+            if trial is _WAIT:
+                time.sleep(min(5.0, spec.heartbeat_s / 2))
+                continue
+            assert isinstance(trial, optuna.Trial)
+            with heartbeat(study, trial, spec.heartbeat_s):
+                interrupted = run_and_tell(study, trial, spec, device, parent_run_id, stop)
+            if interrupted:
+                sys.exit(INTERRUPTED_EXIT)
+    except Exception as error:  # the storage is gone for good: say so in one line
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"worker {index}: stopped: {type(error).__name__}: {first_line}; its running "
+              "trial is retried from its checkpoint when the study runs again",
+              file=sys.stderr, flush=True)  # fmt: skip
+        sys.exit(1)
     sys.exit(INTERRUPTED_EXIT if stop else 0)
 
 
@@ -123,23 +131,23 @@ def run_and_tell(
             raise TrainingInterrupted("stopped before the trial started")
         outcome = run_trial(trial, spec, device, parent_run_id)
     except TrainingInterrupted:
-        trial.set_user_attr(REASON_ATTR, "interrupted (Ctrl-C or SIGTERM); re-queued")
-        if _tell(study, trial, state=TrialState.FAIL):
-            requeue(study, study._storage.get_trial(trial._trial_id))
+        retrying(lambda: trial.set_user_attr(REASON_ATTR, "interrupted (Ctrl-C or SIGTERM)"))
+        if retrying(lambda: _tell(study, trial, state=TrialState.FAIL)):
+            retrying(lambda: requeue(study, study._storage.get_trial(trial._trial_id)))
         return True
     except Exception as error:
         _fail(study, trial, spec, error)
         return False
     if outcome.reason:
-        trial.set_user_attr(REASON_ATTR, outcome.reason)
+        retrying(lambda: trial.set_user_attr(REASON_ATTR, outcome.reason))
     values = None
     if outcome.values is not None:
         values = {o.logged: v for o, v in zip(spec.objectives, outcome.values, strict=True)}
     record_trial_end(outcome.tracker, outcome.state, values, outcome.reason, outcome.step)
     if outcome.state == TrialState.COMPLETE:
-        _tell(study, trial, values=outcome.values)
+        retrying(lambda: _tell(study, trial, values=outcome.values))
     else:
-        _tell(study, trial, state=outcome.state)
+        retrying(lambda: _tell(study, trial, state=outcome.state))
     return False
 
 
@@ -166,7 +174,7 @@ def _tell(
 def _fail(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, error: Exception) -> None:
     """An exception fails this trial only: recorded with the error, the study goes on."""
     reason = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
-    trial.set_user_attr(REASON_ATTR, reason)
+    retrying(lambda: trial.set_user_attr(REASON_ATTR, reason))
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if run_id:
         try:
@@ -177,7 +185,7 @@ def _fail(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, error: Exce
             tracker.client.log_text(run_id, traceback.format_exc(), "error.txt")
         except Exception:
             pass  # the Optuna record below is the one that must be written
-    _tell(study, trial, state=TrialState.FAIL)
+    retrying(lambda: _tell(study, trial, state=TrialState.FAIL))
     print(f"trial {trial.number} failed: {reason}", file=sys.stderr, flush=True)
 
 

@@ -81,7 +81,7 @@ def postgres_cluster(databases: tuple[str, ...] = ("optuna", "mlflow")) -> Itera
             name: f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/{name}"
             for name in databases
         }
-        yield {"port": port, "url": urls, "folder": folder, "data": data}
+        yield {"port": port, "url": urls, "folder": folder, "data": data, "options": options}
     finally:
         subprocess.run(
             _as_server_user(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]),
@@ -123,3 +123,14 @@ def mlflow_server(
             os.killpg(server.pid, 15)
         server.wait(timeout=30)
         log.close()
+
+
+def restart_postgres(cluster: dict, down_s: float = 0.0) -> None:
+    """Stop the cluster (dropping every connection), wait `down_s`, start it again."""
+    data, folder = str(cluster["data"]), cluster["folder"]
+    stop = ["pg_ctl", "-D", data, "-m", "fast", "-w", "stop"]
+    subprocess.run(_as_server_user(stop), check=True, capture_output=True, cwd=folder)
+    time.sleep(down_s)
+    start = ["pg_ctl", "-D", data, "-o", cluster["options"], "-l", str(folder / "log"), "-w",
+             "start"]  # fmt: skip
+    subprocess.run(_as_server_user(start), check=True, capture_output=True, cwd=folder)

@@ -16,7 +16,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.servers import PG_PASSWORD, mlflow_server, postgres_available, postgres_cluster
+from tests.servers import (
+    PG_PASSWORD,
+    mlflow_server,
+    postgres_available,
+    postgres_cluster,
+    restart_postgres,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 def servers(tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("artifacts")
     with postgres_cluster() as cluster, mlflow_server(cluster["url"]["mlflow"], artifacts) as url:
-        yield {"storage": cluster["url"]["optuna"], "tracking": url, "artifacts": artifacts}
+        yield {"storage": cluster["url"]["optuna"], "tracking": url, "artifacts": artifacts,
+               "cluster": cluster}  # fmt: skip
 
 
 def sweep(servers, folder, *extra):
@@ -184,3 +191,36 @@ def test_training_goes_on_while_the_mlflow_server_is_away(tmp_path):
             restarter.join()
             if outage.get("back") is not None:
                 outage["back"].__exit__(None, None, None)
+
+
+def test_a_postgres_restart_mid_study_loses_nothing(servers, tmp_path):
+    """The database (Optuna's and the MLflow server's) restarts under two busy workers:
+    they carry on, or stop in one line; the same command then completes every point
+    once, and no run is left RUNNING."""
+    args = ["--steps", "1500", "--eval-every", "500", "--sample-every", "1500",
+            "--checkpoint-every", "250", "--gammas", "0.3,0.5,0.7,0.9", "--workers", "2",
+            "--heartbeat", "5", "--study-name", "restart"]  # fmt: skip
+    first = sweep(servers, tmp_path, *args)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            if any(t.state == TrialState.RUNNING for t in study_trials(servers, "restart")):
+                break
+        except KeyError:
+            pass
+    time.sleep(3)  # into training
+    restart_postgres(servers["cluster"], down_s=3)
+    output = first.communicate(timeout=600)[0]
+    assert "Traceback" not in output, output
+    if first.returncode != 0:  # stopped cleanly instead of carrying on: run it again
+        rerun = sweep(servers, tmp_path, *args)
+        output += rerun.communicate(timeout=600)[0]
+        assert rerun.returncode == 0, output
+    trials = study_trials(servers, "restart")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["gamma"] for t in complete) == [0.3, 0.5, 0.7, 0.9], output
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    _, [parent], children = study_runs(servers, "restart")
+    assert {r.info.status for r in children} == {"FINISHED"}, output
+    assert len(children) == 4 and parent.info.status == "FINISHED"
