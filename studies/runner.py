@@ -32,7 +32,9 @@ from studies.storage import (
     BASE_CONFIG_ATTR,
     EXPERIMENT_ATTR,
     OBJECTIVES_ATTR,
+    check_storage_url,
     open_storage,
+    setup_lock,
 )
 from studies.worker import INTERRUPTED_EXIT, worker_main
 
@@ -202,9 +204,11 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool, tracking_hi
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # same, per download
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "creating tables ..." is noise here
-    study = prepare_study(spec)
+    check_storage_url(spec)
+    with setup_lock(spec):  # other hosts starting this study now wait here
+        study = prepare_study(spec)
+        parent_run_id = open_parent_run(spec, study)
     prepare_shared_data(spec, slots[0].device)
-    parent_run_id = open_parent_run(spec, study)
     done = {t.number for t in study.get_trials(deepcopy=False) if t.state in DONE_STATES}
     print(
         f"study {spec.study_name}: {len(slots)} worker(s) on "

@@ -10,9 +10,12 @@ continues the same MLflow run from its last checkpoint.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import threading
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -40,22 +43,20 @@ class StorageError(ValueError):
     """The storage URL cannot be used; the message names --storage (password masked)."""
 
 
-def open_storage(spec: StudySpec) -> RDBStorage:
-    """Connect (creating the tables on first use: the parent does it once, before workers)."""
+def check_storage_url(spec: StudySpec) -> None:
     url = spec.storage
     if url.split(":", 1)[0].split("+")[0] not in ("sqlite", "postgresql", "mysql"):
         raise StorageError(
             f"--storage: {mask_url(url)} is not a database URL; use sqlite:///optuna.db, "
             "postgresql://user:password@host/db or mysql://..."
         )
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        # Several worker processes share the file: wait for the lock instead of failing.
-        engine_kwargs["connect_args"] = {"timeout": 60}
-    else:
-        engine_kwargs["pool_pre_ping"] = True  # a restarted server: reconnect, not fail
-        if url.startswith("postgresql"):
-            engine_kwargs["connect_args"] = {"connect_timeout": 10}  # unreachable: fail fast
+
+
+def open_storage(spec: StudySpec) -> RDBStorage:
+    """Connect (creating the tables on first use: the parent does it once, before workers)."""
+    check_storage_url(spec)
+    url = spec.storage
+    engine_kwargs = _engine_kwargs(url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -71,6 +72,67 @@ def open_storage(spec: StudySpec) -> RDBStorage:
     except Exception as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line}") from None
+
+
+@contextlib.contextmanager
+def setup_lock(spec: StudySpec) -> Iterator[None]:
+    """Held by a study's parent while it creates or updates what the study's hosts share
+    (Optuna's tables, the study, the grid's queue, the MLflow parent run).
+
+    Two hosts started at the same moment on fresh storage would otherwise both create
+    the tables (PostgreSQL: "duplicate key ... pg_type_typname_nsp_index"), both queue
+    the grid (every point twice) and both create a parent run. A PostgreSQL advisory lock
+    or MySQL's GET_LOCK serialises them on the database; SQLite, a file on one machine, a
+    file lock beside it.
+    """
+    url = spec.storage
+    key = int.from_bytes(hashlib.blake2b(spec.study_name.encode(), digest_size=8).digest(),
+                         "little", signed=True)  # fmt: skip
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///") + ".setup-lock")
+        try:
+            handle = open(path, "a")  # noqa: SIM115  (closed below, after the lock)
+        except OSError as error:
+            raise StorageError(f"--storage: cannot open {url}: {error.strerror}") from None
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+    try:
+        with engine.connect() as connection:
+            if url.startswith("postgresql"):
+                connection.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({key})"))
+                unlock = f"SELECT pg_advisory_unlock({key})"
+            else:
+                connection.execute(sqlalchemy.text(f"SELECT GET_LOCK('began-{key}', 600)"))
+                unlock = f"SELECT RELEASE_LOCK('began-{key}')"
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text(unlock))
+    except sqlalchemy.exc.OperationalError as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line}") from None
+    finally:
+        engine.dispose()
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several worker processes share the file: wait for the lock instead of failing.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True  # a restarted server: reconnect, not fail
+        if url.startswith("postgresql"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}  # unreachable: fail fast
+    return engine_kwargs
 
 
 def make_sampler(spec: StudySpec, worker_index: int) -> optuna.samplers.BaseSampler:

@@ -4,15 +4,19 @@ with a PostgreSQL backend and a served artifact root, started here on loopback p
 Skipped where PostgreSQL is not installed; `.ci/run` runs them (the CI machine has it).
 """
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import mlflow
 import optuna
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
@@ -224,3 +228,113 @@ def test_a_postgres_restart_mid_study_loses_nothing(servers, tmp_path):
     _, [parent], children = study_runs(servers, "restart")
     assert {r.info.status for r in children} == {"FINISHED"}, output
     assert len(children) == 4 and parent.info.status == "FINISHED"
+
+
+LOGGER = """
+import sys, time
+from began.tracking import MlflowTracker
+uri, experiment, index, points = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+tracker = MlflowTracker(uri, experiment, f"logger-{index}")
+tracker.create()
+for step in range(1, points + 1):
+    tracker.log_metrics({"m_global": 1.0 / step, "k": step * 1e-4}, step)
+    if step % 100 == 0:
+        time.sleep(0.05)  # a training loop's pace, roughly
+tracker.finish("FINISHED")
+print(tracker.run_id)
+"""
+
+
+def test_load_sixteen_processes_log_to_one_server_and_no_point_is_lost(servers, tmp_path):
+    processes, points = 16, 1000
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    started = time.monotonic()
+    loggers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                LOGGER,
+                servers["tracking"],
+                "logging-load",
+                str(i),
+                str(points),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(processes)
+    ]
+    results = [logger.communicate(timeout=600) for logger in loggers]
+    seconds = time.monotonic() - started
+    assert all(logger.returncode == 0 for logger in loggers), [err for _, err in results]
+    client = mlflow.MlflowClient(servers["tracking"])
+    for out, _ in results:
+        run_id = out.strip().splitlines()[-1]
+        for key in ("m_global", "k"):
+            steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+            assert steps == list(range(1, points + 1)), (run_id, key, len(steps))
+        assert client.get_run(run_id).info.status == "FINISHED"
+    print(f"\nload: {processes} processes x {2 * points} points to one server in {seconds:.1f} s")
+
+
+def test_load_eight_workers_on_one_postgres_study(servers, tmp_path):
+    args = ["--steps", "4", "--eval-every", "4", "--sample-every", "4", "--checkpoint-every",
+            "4", "--gammas", "0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--seeds", "2", "--workers", "8",
+            "--study-name", "load"]  # fmt: skip
+    started = time.monotonic()
+    study = sweep(servers, tmp_path, *args)
+    output = study.communicate(timeout=900)[0]
+    seconds = time.monotonic() - started
+    assert study.returncode == 0, output
+    assert "Traceback" not in output, output
+    trials = study_trials(servers, "load")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 16
+    assert len({(t.params["gamma"], t.params["seed"]) for t in trials}) == 16
+    _, [parent], children = study_runs(servers, "load")
+    assert len(children) == 16 and {r.info.status for r in children} == {"FINISHED"}
+    durations = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+    median = durations[len(durations) // 2]
+    print(
+        f"\nload: 8 workers, 16 trials of 4 steps in {seconds:.1f} s; median trial {median:.1f} s"
+    )
+
+
+def recipe_block() -> str:
+    text = (REPO / "docs" / "distributed.md").read_text()
+    block = text.split("<!-- recipe", 1)[1].split("<!-- /recipe -->", 1)[0]
+    return block.split("```bash\n", 1)[1].rsplit("```", 1)[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the recipe is written for root (runuser)")
+def test_the_docs_recipe_runs_as_written():
+    from tests.servers import free_port
+
+    # Not under tmp_path: pytest's folders are private to root, and the postgres user must
+    # reach $WORK.
+    root = Path(tempfile.mkdtemp(prefix="began-recipe-"))
+    root.chmod(0o755)
+    work = root / "work"
+    env = {
+        **os.environ, "WORK": str(work), "PGPORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()), "PYTHONPATH": str(REPO),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }  # fmt: skip
+    shell = subprocess.Popen(["bash", "-euo", "pipefail", "-c", recipe_block()], cwd=REPO,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)  # fmt: skip
+    try:
+        output = shell.communicate(timeout=900)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGTERM)
+        subprocess.run(["runuser", "-u", "postgres", "--", "pg_ctl", "-D", str(work / "pg"),
+                        "-m", "immediate", "stop"], capture_output=True)  # fmt: skip
+    assert shell.returncode == 0, output
+    trials = pd.read_csv(work / "trials.csv")
+    shutil.rmtree(root, ignore_errors=True)
+    assert len(trials) == 4 and set(trials["state"]) == {"COMPLETE"}, trials
+    assert sorted(trials["gamma"]) == [0.3, 0.5, 0.7, 0.9]
