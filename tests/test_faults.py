@@ -30,23 +30,30 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
         train(tiny(steps=16, checkpoint_every=4), tracker)
 
 
-def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")],
+)
+def test_a_full_disk_or_read_only_folder_is_a_clear_error_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, code, text
+):
+    # Simulated at the write: as root, chmod cannot make a folder read-only.
     real_save = checkpoint_module.torch.save
     saves = []
 
     def save(payload, f):
         saves.append(payload["step"])
         if len(saves) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(code, text)
         return real_save(payload, f)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", save)
     tracker = MemoryTracker(tmp_path, run_id="full")
-    with pytest.raises(CheckpointError, match="cannot write the checkpoint .No space left"):
+    with pytest.raises(CheckpointError, match=f"cannot write the checkpoint .{text}"):
         train(tiny(steps=12, checkpoint_every=4), tracker)
     assert load_checkpoint(tracker.latest_checkpoint()).step == 4  # intact
     assert not list(tracker.checkpoint_dir().glob(".*.tmp"))  # no half-written file left
-    assert tracker.status == "FAILED" and "No space left" in tracker.error
+    assert tracker.status == "FAILED" and text in tracker.error
 
 
 def test_a_diverging_run_ends_in_one_line(tmp_path):
