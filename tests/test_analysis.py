@@ -18,34 +18,16 @@ import studies.worker as worker_module
 from analysis import export, load_history, load_runs, report
 from analysis.history import list_images
 from began.cli import run_cli
-from studies.cli import base_config, build_parser
-from studies.objectives import resolve_objectives
-from studies.pruning import HealthRule
 from studies.records import open_parent_run
 from studies.runner import prepare_study
-from studies.space import grid_points, grid_space
-from studies.spec import GRID, StudySpec
+from tests.test_studies import tiny_spec
 
-TINY = [
-    "--image-size", "16", "--filters", "4", "--hidden", "8", "--repeat", "1",
-    "--batch-size", "4", "--holdout", "8", "--num-grid", "8", "--log-every", "2",
-    "--metrics", "diversity_16", "--quiet", "--steps", "8", "--eval-every", "4",
-    "--sample-every", "4", "--checkpoint-every", "4",
-]  # fmt: skip
 NAME = "report"
 
 
 def spec_in(folder):
-    args = build_parser("t", "t", frozenset({"gamma"})).parse_args(TINY)
-    objectives, metrics = resolve_objectives("diversity,m_global", "diversity_16")
-    cfg = base_config(args)
-    return StudySpec(
-        kind=GRID, study_name=NAME, storage=f"sqlite:///{folder}/optuna.db",
-        tracking_uri=f"sqlite:///{folder}/mlflow.db", experiment=NAME,
-        base_config=cfg.__class__(**{**cfg.to_dict(), "metrics": metrics, "device": "cpu"}),
-        space=grid_space(), objectives=tuple(objectives), health=HealthRule(patience=1),
-        grid=tuple(grid_points([0.3, 0.5, 0.7, 0.9], [0])),
-    )  # fmt: skip
+    return tiny_spec(folder, NAME, [0.3, 0.5, 0.7, 0.9], objectives="diversity,m_global",
+                     extra=["--sample-every", "4"])  # fmt: skip
 
 
 def faulty_step(real_step):

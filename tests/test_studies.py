@@ -130,9 +130,10 @@ def test_search_params_land_in_optuna_and_mlflow(in_folder, tiny_network):
     assert stats.stat().st_mtime < first_start
 
 
-def tiny_spec(folder, name, gammas, objectives="diversity", steps=8):
+def tiny_spec(folder, name, gammas, objectives="diversity", steps=8, extra=()):
+    """A grid StudySpec over SQLite stores in `folder`, for a worker loop run in-process."""
     args = build_parser("t", "t", frozenset({"gamma"})).parse_args(
-        [*TINY, *SHORT, "--steps", str(steps)]
+        [*TINY, *SHORT, "--steps", str(steps), *extra]
     )
     objective_list, metrics = resolve_objectives(objectives, "diversity_16")
     cfg = base_config(args)
