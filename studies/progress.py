@@ -190,6 +190,10 @@ def summary(spec: StudySpec, study: optuna.Study, seconds: float, tracking_hint:
     lines.append("next:")
     lines.append(f"  {tracking_hint}")
     lines.append(f"  optuna-dashboard {as_typed_here(spec.storage)}")
+    report = f"  python -m analysis.report --study {spec.study_name}"
+    if as_typed_here(spec.storage) != "sqlite:///optuna.db":
+        report += f" --storage {as_typed_here(spec.storage)}"
+    lines.append(report + "   # the report: curves, equilibrium, quality, samples")
     if best:
         run_id = best[0].user_attrs.get(RUN_ID_ATTR, "RUN_ID")
         lines.append(f"  python -m began.sample --run {run_id} --out best.png   # 64 new faces")
