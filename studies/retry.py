@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from optuna.exceptions import UpdateFinishedTrialError
+
 T = TypeVar("T")
 
 
@@ -15,6 +17,8 @@ def retrying(action: Callable[[], T], attempts: int = 6) -> T:
     for attempt in range(attempts):
         try:
             return action()
+        except UpdateFinishedTrialError:
+            raise  # not a hiccup: another worker finished the trial
         except Exception:
             if attempt == attempts - 1:
                 raise

@@ -217,20 +217,41 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: float) -> It
         thread.join()
 
 
-def claim_queued_trial(study: optuna.Study) -> optuna.Trial | None:
+@contextlib.contextmanager
+def claim_lock(spec: StudySpec) -> Iterator[None]:
+    """Serialises taking trials from the queue where the database cannot.
+
+    Optuna marks a queued trial RUNNING after reading it WAITING under SELECT ... FOR
+    UPDATE. PostgreSQL and MySQL lock the row; SQLite ignores FOR UPDATE, and two workers
+    that read the row before either writes both take the trial (seen in tests: one grid
+    point run twice). On SQLite, a file lock beside the database (one machine) closes that.
+    """
+    if not spec.storage.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(spec.storage.removeprefix("sqlite:///") + ".claim-lock")
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def claim_queued_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
     """Take a WAITING trial (a grid point or a retry) and mark it RUNNING, or None.
 
     Study.ask would sample a brand-new trial when the queue is empty; a grid sweep
     must never do that (two workers could then run one point twice), so the queue
-    is read directly. Marking RUNNING is atomic in the storage: two workers never
-    claim the same trial.
+    is read directly, under `claim_lock`: two workers never claim the same trial.
     """
-    trial_id = study._pop_waiting_trial_id()
+    with claim_lock(spec):
+        trial_id = study._pop_waiting_trial_id()
     return None if trial_id is None else optuna.Trial(study, trial_id)
 
 
-def new_trial(study: optuna.Study) -> optuna.Trial:
+def new_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial:
     """A fresh trial for the sampler to fill (search studies)."""
-    with warnings.catch_warnings():
+    with claim_lock(spec), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
         return study.ask()

@@ -85,7 +85,14 @@ def worker_main(spec: StudySpec, index: int, device: str, threads: int, parent_r
                 continue
             assert isinstance(trial, optuna.Trial)
             with heartbeat(study, trial, spec.heartbeat_s):
-                interrupted = run_and_tell(study, trial, spec, device, parent_run_id, stop)
+                try:
+                    interrupted = run_and_tell(study, trial, spec, device, parent_run_id, stop)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    # Failed as stale by another worker while this one ran it (its beats
+                    # did not reach the database): the queued retry reports it.
+                    print(f"trial {trial.number} was finished elsewhere meanwhile; its retry "
+                          "will report it", file=sys.stderr, flush=True)  # fmt: skip
+                    interrupted = False
             if interrupted:
                 sys.exit(INTERRUPTED_EXIT)
     except Exception as error:  # the storage is gone for good: say so in one line
@@ -99,12 +106,12 @@ def worker_main(spec: StudySpec, index: int, device: str, threads: int, parent_r
 
 def next_trial(study: optuna.Study, spec: StudySpec, started: float) -> optuna.Trial | object:
     optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes a queued retry
-    trial = claim_queued_trial(study)
+    trial = claim_queued_trial(study, spec)
     if trial is not None:
         return trial
     trials = study.get_trials(deepcopy=False)
     if spec.kind == SEARCH and _may_start_new(spec, trials, started):
-        return new_trial(study)
+        return new_trial(study, spec)
     if any(t.state == TrialState.RUNNING for t in trials):
         return _WAIT
     return None
