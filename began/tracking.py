@@ -258,14 +258,7 @@ class MlflowTracker:
         return self.run_id
 
     def _experiment_id(self, name: str) -> str:
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            if experiment.lifecycle_stage == "deleted":
-                raise TrackingError(
-                    f"--experiment {name}: experiment is deleted; restore or rename"
-                )
-            return experiment.experiment_id
-        return self.client.create_experiment(name)
+        return experiment_id(self.client, name)
 
     def _write(self, metrics: list[Any], tasks: list[Callable[[], None]]) -> None:
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
@@ -375,6 +368,16 @@ class MlflowTracker:
                 lambda: self.client.set_terminated(self.run_id, status=status),
                 f"marking run {self.run_id} {status}",
             )
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of the experiment `name`, created the first time; a deleted one is an error."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(f"--experiment {name}: experiment is deleted; restore or rename")
+        return experiment.experiment_id
+    return client.create_experiment(name)
 
 
 def with_retries(

@@ -20,7 +20,7 @@ import optuna
 from mlflow.entities import Metric, Param, RunTag
 from optuna.trial import FrozenTrial, TrialState
 
-from began.tracking import MlflowTracker, TrackingError, mask_url, with_retries
+from began.tracking import MlflowTracker, experiment_id, mask_url, with_retries
 from studies.space import describe_space
 from studies.spec import StudySpec
 from studies.storage import FINAL_ATTR, PARENT_RUN_ATTR, REASON_ATTR, RUN_ID_ATTR, is_retry
@@ -28,16 +28,6 @@ from studies.storage import FINAL_ATTR, PARENT_RUN_ATTR, REASON_ATTR, RUN_ID_ATT
 
 def client_for(spec: StudySpec) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(spec.tracking_uri)
-
-
-def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
-    """The experiment's id, creating it the first time (by the parent, before workers)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name)
-    if experiment.lifecycle_stage == "deleted":
-        raise TrackingError(f"--experiment {name}: the experiment is deleted; restore or rename")
-    return experiment.experiment_id
 
 
 def open_parent_run(spec: StudySpec, study: optuna.Study) -> str:

@@ -89,17 +89,8 @@ def setup_lock(spec: StudySpec) -> Iterator[None]:
     key = int.from_bytes(hashlib.blake2b(spec.study_name.encode(), digest_size=8).digest(),
                          "little", signed=True)  # fmt: skip
     if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///") + ".setup-lock")
-        try:
-            handle = open(path, "a")  # noqa: SIM115  (closed below, after the lock)
-        except OSError as error:
-            raise StorageError(f"--storage: cannot open {url}: {error.strerror}") from None
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with _sqlite_file_lock(url, ".setup-lock"):
+            yield
         return
     import sqlalchemy
 
@@ -229,8 +220,19 @@ def claim_lock(spec: StudySpec) -> Iterator[None]:
     if not spec.storage.startswith("sqlite:///"):
         yield
         return
-    path = Path(spec.storage.removeprefix("sqlite:///") + ".claim-lock")
-    with open(path, "a") as handle:
+    with _sqlite_file_lock(spec.storage, ".claim-lock"):
+        yield
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(url: str, suffix: str) -> Iterator[None]:
+    """An exclusive lock on a file beside the SQLite database (one machine, many processes)."""
+    path = Path(url.removeprefix("sqlite:///") + suffix)
+    try:
+        handle = open(path, "a")  # noqa: SIM115  (closed below, after the lock)
+    except OSError as error:
+        raise StorageError(f"--storage: cannot open {url}: {error.strerror}") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
