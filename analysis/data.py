@@ -27,6 +27,7 @@ from analysis.sources import (
     default_tracking_uri,
     require_sqlite_file,
 )
+from began.errors import first_line
 from began.tracking import mask_url
 
 __all__ = ["AnalysisError", "load_history", "load_runs", "load_trials", "open_study"]
@@ -42,8 +43,9 @@ def open_study(study: str, storage: str = DEFAULT_STORAGE) -> optuna.Study:
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise AnalysisError(f"--storage {mask_url(storage)}: cannot open: {first}") from None
+        raise AnalysisError(
+            f"--storage {mask_url(storage)}: cannot open: {first_line(error)}"
+        ) from None
     if study not in names:
         known = ", ".join(sorted(names)[:8]) or "none"
         raise AnalysisError(

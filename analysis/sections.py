@@ -18,10 +18,9 @@ from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
 from analysis import figures
+from began.metrics.registry import is_objective_name, quality_name_prefixes
 
 CURVES = ["m_global", "k", "loss_d", "loss_g", "loss_real", "loss_fake"]
-QUALITY_PREFIXES = ["fid_", "kid_", "diversity_gap", "diversity_ssim", "recon_psnr",
-                    "recon_ssim", "blur_effect"]  # fmt: skip
 
 
 @dataclass
@@ -60,11 +59,11 @@ def param_columns(runs: pd.DataFrame) -> list[str]:
 def quality_columns(runs: pd.DataFrame) -> list[str]:
     """The final quality metrics present, in the order FID, KID, diversity, recon, sharpness."""
     found = []
-    for prefix in QUALITY_PREFIXES:
+    for prefix in quality_name_prefixes():
         for column in runs.columns:
             name = column.removeprefix("final_")
             wanted = column.startswith("final_") and name.startswith(prefix)
-            wanted = wanted and not name.endswith(("_std", "_real")) and column not in found
+            wanted = wanted and is_objective_name(name) and column not in found
             if wanted and runs[column].notna().any():
                 found.append(column)
     return found

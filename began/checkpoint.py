@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from began.config import TrainConfig
+from began.errors import first_line
 
 CHECKPOINT_NAME = "last.pt"
 PREVIOUS_NAME = "previous.pt"  # the checkpoint before last.pt: the fallback if last.pt is bad
@@ -134,8 +135,7 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from error
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(error)})") from error
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a BEGAN checkpoint of format {FORMAT_VERSION}")
     return Checkpoint(

@@ -42,7 +42,7 @@ class TrainConfig:
         "(0.56 keeps an LFW face), N pixels, x0,y0,x1,y1 or none",
     )
     keep_grayscale: bool = option(
-        False, "keep grayscale images (R == G == B); the reference run dropped them"
+        False, "keep grayscale images (R == G == B); the reference LFW run dropped them"
     )
     holdout: int = option(
         -1,

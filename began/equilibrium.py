@@ -1,4 +1,4 @@
-"""The paper's equilibrium rule as small pure functions (BEGAN.md, "The idea").
+"""The paper's equilibrium rule as small pure functions (docs/began.md, section 1).
 
     L(v)     = mean |v - D(v)|
     L_D      = L(x) - k_t * L(G(z_D))

@@ -2,7 +2,7 @@
 
 M_global of a single step is noisy, so the schedule averages it over windows of
 `window` steps and halves the lr after `patience` windows without a new best
-mean. The floor matters: runs whose lr decayed too far collapsed (BEGAN.md).
+mean. The floor matters: runs whose lr decayed too far collapsed (docs/began.md, section 4).
 The running sum stays on the training device; it is read once per window.
 """
 

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from began.config import TrainConfig
+from began.errors import first_line
+from began.retry import retrying
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 CHECKPOINT_ARTIFACT_DIR = "checkpoints"
@@ -38,6 +40,11 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 
 class TrackingError(RuntimeError):
     """The tracking store refused a request; the message says which run or experiment."""
+
+
+# Longest values the MLflow stores accept; longer ones are cut, not refused.
+MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 5000
 
 
 def mask_url(url: str) -> str:
@@ -216,7 +223,7 @@ class MlflowTracker:
 
         self._metric_type = Metric
         self.client = mlflow.MlflowClient(tracking_uri)
-        self.tracking_uri = self.client._tracking_client.tracking_uri
+        self.tracking_uri = self.client.tracking_uri
         self._experiment, self._run_name, self._parent = experiment, run_name, parent_run_id
         self.run_id = ""  # a new run is created by start(), once the data has loaded
         self.experiment_id = ""
@@ -353,7 +360,7 @@ class MlflowTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        entries = [RunTag(key, str(value)[:5000]) for key, value in tags.items()]
+        entries = [RunTag(key, str(value)[:MAX_TAG_LENGTH]) for key, value in tags.items()]
         with_retries(lambda: self.client.log_batch(self.run_id, tags=entries), "tagging the run")
 
     def finish(self, status: str, error: str | None = None) -> None:
@@ -385,17 +392,12 @@ def with_retries(
 ) -> Any:
     """Run a store request, retrying with exponential backoff (a busy SQLite file, a
     restarting server); after the last attempt, TrackingError says what failed."""
-    for attempt in range(attempts):
-        try:
-            return action()
-        except TrackingError:
-            raise
-        except Exception as error:
-            if attempt == attempts - 1:
-                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                raise TrackingError(f"tracking store: {what} failed: {first_line}") from error
-            time.sleep(first_delay * 2**attempt)
-    raise AssertionError("unreachable")
+    try:
+        return retrying(action, attempts, give_up_on=(TrackingError,), first_wait=first_delay)
+    except TrackingError:
+        raise
+    except Exception as error:
+        raise TrackingError(f"tracking store: {what} failed: {first_line(error)}") from error
 
 
 def _log_torch_model(

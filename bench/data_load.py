@@ -1,6 +1,6 @@
 """Dataset load time: a plain PIL loop against began.data, first load and cached.
 
-    python -m bench.data_load ../shared/data/lfw-deepfunneled [--image-size 64] [--repeats 3]
+    python -m bench.data_load /data/lfw-deepfunneled [--image-size 64] [--repeats 3]
 
 The baseline is the loop a user would write: one process, PIL open, convert to
 RGB, centre crop, resize, grayscale check, stack. The project's first load uses a

@@ -27,6 +27,7 @@ import time
 import torch
 
 from began.config import TrainConfig
+from began.errors import first_line
 from began.models import sample_z
 from began.run import build_run
 from began.step import train_step
@@ -60,7 +61,7 @@ def speed_rows(
         try:
             result = measure(cfg, device, steps=steps, repeats=3, warmup=max(steps // 2, 20))
         except Exception as error:  # one failing variant must not cost the rest of the table
-            row(what, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}")
+            row(what, f"failed: {type(error).__name__}: {first_line(error)[:80]}")
             continue
         row(
             what,

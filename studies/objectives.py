@@ -24,7 +24,7 @@ from began.metrics import (
     objective_names,
     parse_metrics,
 )
-from began.metrics.registry import MetricRequest
+from began.metrics.registry import MetricRequest, is_objective_name
 
 M_GLOBAL = "m_global"
 
@@ -100,7 +100,7 @@ def _resolve(name: str, requests: list[MetricRequest]) -> tuple[Objective, list[
         logged = objective_names(matching[:1])[0]
         return Objective(name, logged, metric_direction(logged)), requests
     request = _request_for(name)
-    if request is None or name.endswith(("_std", "_real")):
+    if request is None or not is_objective_name(name):
         raise ObjectiveError(
             f"--objectives: unknown objective {name!r}; known: {_known_objectives()}"
         )

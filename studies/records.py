@@ -20,7 +20,13 @@ import optuna
 from mlflow.entities import Metric, Param, RunTag
 from optuna.trial import FrozenTrial, TrialState
 
-from began.tracking import MlflowTracker, experiment_id, mask_url, with_retries
+from began.tracking import (
+    MAX_PARAM_LENGTH,
+    MlflowTracker,
+    experiment_id,
+    mask_url,
+    with_retries,
+)
 from studies.space import describe_space
 from studies.spec import StudySpec
 from studies.storage import FINAL_ATTR, PARENT_RUN_ATTR, REASON_ATTR, RUN_ID_ATTR, is_retry
@@ -58,9 +64,11 @@ def open_parent_run(spec: StudySpec, study: optuna.Study) -> str:
         "trials": spec.total_trials if spec.total_trials is not None else "unbounded",
     }
     if spec.grid:
-        params["grid"] = " ".join(f"{p['gamma']}/{p['seed']}" for p in spec.grid)[:6000]
-    entries = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    entries += [Param(f"base.{k}", str(v)[:6000]) for k, v in spec.base_config.to_dict().items()]
+        params["grid"] = " ".join(f"{p['gamma']}/{p['seed']}" for p in spec.grid)[:MAX_PARAM_LENGTH]
+    entries = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+    entries += [
+        Param(f"base.{k}", str(v)[:MAX_PARAM_LENGTH]) for k, v in spec.base_config.to_dict().items()
+    ]
     client.log_batch(run.info.run_id, params=entries)
     client.log_text(run.info.run_id, spec.base_config.to_json(), "base_config.json")
     study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)

@@ -183,7 +183,8 @@ def parse_seeds(spec: str) -> list[int]:
 
 
 def grid_points(gammas: Sequence[float], seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """The sweep's points, gamma-major so the first trials already span the gammas per seed."""
+    """The sweep's points, every gamma of the first seed before the next seed: the first
+    trials already span the gammas."""
     return [{"gamma": gamma, "seed": seed} for seed in seeds for gamma in gammas]
 
 

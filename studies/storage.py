@@ -22,11 +22,15 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from began.errors import first_line
 from began.tracking import mask_url
+from studies.optuna_private import pop_waiting_trial_id, storage_of, trial_id_of
 from studies.pruning import make_pruner
 from studies.spec import GRID, StudySpec
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
+# How long a MySQL study set-up waits for another host's set-up to finish, in seconds.
+MYSQL_LOCK_WAIT_S = 600
 
 # Attributes the study keeps about itself (seen in optuna-dashboard too).
 OBJECTIVES_ATTR = "objectives"
@@ -70,8 +74,7 @@ def open_storage(spec: StudySpec) -> RDBStorage:
                 ),
             )
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line}") from None
+        raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line(error)}") from None
 
 
 @contextlib.contextmanager
@@ -101,15 +104,16 @@ def setup_lock(spec: StudySpec) -> Iterator[None]:
                 connection.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({key})"))
                 unlock = f"SELECT pg_advisory_unlock({key})"
             else:
-                connection.execute(sqlalchemy.text(f"SELECT GET_LOCK('began-{key}', 600)"))
+                connection.execute(
+                    sqlalchemy.text(f"SELECT GET_LOCK('began-{key}', {MYSQL_LOCK_WAIT_S})")
+                )
                 unlock = f"SELECT RELEASE_LOCK('began-{key}')"
             try:
                 yield
             finally:
                 connection.execute(sqlalchemy.text(unlock))
     except sqlalchemy.exc.OperationalError as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line}") from None
+        raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line(error)}") from None
     finally:
         engine.dispose()
 
@@ -189,13 +193,13 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: float) -> It
     thread: it beats again at the next interval, so a short outage does not make a
     healthy trial look dead to the other workers.
     """
-    storage = study._storage
+    storage = storage_of(study)
     stop = threading.Event()
 
     def beat() -> None:
         while True:
             with contextlib.suppress(Exception):
-                storage.record_heartbeat(trial._trial_id)
+                storage.record_heartbeat(trial_id_of(trial))
             if stop.wait(interval_s):
                 return
 
@@ -248,7 +252,7 @@ def claim_queued_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | N
     is read directly, under `claim_lock`: two workers never claim the same trial.
     """
     with claim_lock(spec):
-        trial_id = study._pop_waiting_trial_id()
+        trial_id = pop_waiting_trial_id(study)
     return None if trial_id is None else optuna.Trial(study, trial_id)
 
 

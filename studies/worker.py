@@ -26,8 +26,10 @@ from types import FrameType
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from began.errors import first_line
 from began.train import TrainingInterrupted
 from studies.objective import run_trial
+from studies.optuna_private import storage_of, trial_id_of
 from studies.records import record_trial_end
 from studies.retry import retrying
 from studies.spec import SEARCH, StudySpec
@@ -96,8 +98,7 @@ def worker_main(spec: StudySpec, index: int, device: str, threads: int, parent_r
             if interrupted:
                 sys.exit(INTERRUPTED_EXIT)
     except Exception as error:  # the storage is gone for good: say so in one line
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"worker {index}: stopped: {type(error).__name__}: {first_line}; its running "
+        print(f"worker {index}: stopped: {type(error).__name__}: {first_line(error)}; its running "
               "trial is retried from its checkpoint when the study runs again",
               file=sys.stderr, flush=True)  # fmt: skip
         sys.exit(1)
@@ -140,7 +141,7 @@ def run_and_tell(
     except TrainingInterrupted:
         retrying(lambda: trial.set_user_attr(REASON_ATTR, "interrupted (Ctrl-C or SIGTERM)"))
         if retrying(lambda: _tell(study, trial, state=TrialState.FAIL)):
-            retrying(lambda: requeue(study, study._storage.get_trial(trial._trial_id)))
+            retrying(lambda: requeue(study, storage_of(study).get_trial(trial_id_of(trial))))
         return True
     except Exception as error:
         _fail(study, trial, spec, error)
@@ -170,7 +171,7 @@ def _tell(
     intervals (an overloaded database): another worker then failed the trial and
     queued its retry, which continues the same MLflow run and finds it complete.
     """
-    if study._storage.get_trial(trial._trial_id).state.is_finished():
+    if storage_of(study).get_trial(trial_id_of(trial)).state.is_finished():
         print(f"trial {trial.number} was failed as stale meanwhile; its retry will report it",
               file=sys.stderr, flush=True)  # fmt: skip
         return False
@@ -178,9 +179,13 @@ def _tell(
     return True
 
 
+# A failure reason is read in tables and trial lists: its first thousand characters say it.
+MAX_REASON_LENGTH = 1000
+
+
 def _fail(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, error: Exception) -> None:
     """An exception fails this trial only: recorded with the error, the study goes on."""
-    reason = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:MAX_REASON_LENGTH]
     retrying(lambda: trial.set_user_attr(REASON_ATTR, reason))
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if run_id:

@@ -447,7 +447,7 @@ def test_cli_as_a_module_has_no_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data/lfw-deepfunneled is not here")
+@pytest.mark.skipif(not LFW.is_dir(), reason="the LFW folder (lfw-deepfunneled) is not here")
 def test_lfw_counts(tmp_path: Path) -> None:
     images = load_images(str(LFW), 64, cache_dir=tmp_path)
     assert images.summary() == dict(

@@ -1,4 +1,4 @@
-"""The paper's equations against hand-computed values (BEGAN.md, "The idea")."""
+"""The paper's equations against hand-computed values (docs/began.md, section 1)."""
 
 import pytest
 import torch

@@ -11,21 +11,15 @@ import argparse
 import json
 import logging
 import sys
-from typing import NoReturn
 
+from began.cli import Parser
 from began.data.crop import parse_crop
 from began.data.imageset import DataError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse prints the whole usage block; the contract is one line.
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m began.data", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="python -m began.data", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     prepare = commands.add_parser("prepare", help="decode a folder or archive into the cache")
     prepare.add_argument("path", help="image folder or .tgz/.tar.gz/.tar/.zip archive")
     prepare.add_argument("--image-size", type=int, default=64, help="side in pixels (default 64)")

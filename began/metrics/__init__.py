@@ -9,8 +9,8 @@ No tracking here: the training loop logs what `evaluate` returns.
 
 from __future__ import annotations
 
+from began.metrics.builtin import evaluate
 from began.metrics.context import EvalInputs
-from began.metrics.metric_main import evaluate
 from began.metrics.registry import (
     MetricRequest,
     format_count,

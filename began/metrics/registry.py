@@ -1,4 +1,4 @@
-"""Metric registry, in the style of stylegan2-ada's ``metric_main``.
+"""Metric registry, in the style of stylegan2-ada's ``metric_main`` (the built-ins: builtin.py).
 
 A metric family registers itself by name with ``@register_metric``; the same
 registry validates a ``--metrics`` spec at config time, runs the metrics during
@@ -160,7 +160,19 @@ def logged_names(requests: list[MetricRequest]) -> list[str]:
 
 def objective_names(requests: list[MetricRequest]) -> list[str]:
     """The logged names of `requests` that a study may optimise (no _std, no _real)."""
-    return [name for name in logged_names(requests) if not name.endswith(_NOT_OBJECTIVES)]
+    return [name for name in logged_names(requests) if is_objective_name(name)]
+
+
+def is_objective_name(logged_name: str) -> bool:
+    """False for the figures that describe a metric but are no goal (_std, _real)."""
+    return not logged_name.endswith(_NOT_OBJECTIVES)
+
+
+def quality_name_prefixes() -> list[str]:
+    """The start of every logged quality-metric name, in registration order (FID first):
+    what a report looks for among a run's final metrics."""
+    prefixes = [template.split("{")[0] for spec in _REGISTRY.values() for template in spec.logged]
+    return list(dict.fromkeys(prefixes))
 
 
 def metric_direction(logged_name: str) -> str:

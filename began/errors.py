@@ -1,0 +1,9 @@
+"""How an error is shown to a user: one line, never a traceback."""
+
+from __future__ import annotations
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message, or its type's name when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -1,0 +1,32 @@
+"""The Optuna private APIs wrapped in studies/optuna_private.py still exist and work."""
+
+from __future__ import annotations
+
+import inspect
+
+import optuna
+
+from studies.optuna_private import pop_waiting_trial_id, storage_of, trial_id_of
+
+
+def test_pop_waiting_trial_id_signature() -> None:
+    method = getattr(optuna.study.Study, "_pop_waiting_trial_id", None)
+    assert method is not None, f"optuna {optuna.__version__}: Study._pop_waiting_trial_id gone"
+    params = list(inspect.signature(method).parameters)
+    assert params == ["self"], (
+        f"optuna {optuna.__version__}: Study._pop_waiting_trial_id now takes {params}"
+    )
+
+
+def test_adapter_on_a_real_study(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="private-api")
+    study.enqueue_trial({"x": 1.0})
+    trial_id = pop_waiting_trial_id(study)
+    assert isinstance(trial_id, int), f"optuna {optuna.__version__}: pop returned {trial_id!r}"
+    assert pop_waiting_trial_id(study) is None, "the queue held one trial only"
+    trial = optuna.Trial(study, trial_id)
+    assert trial_id_of(trial) == trial_id, f"optuna {optuna.__version__}: Trial._trial_id changed"
+    frozen = storage_of(study).get_trial(trial_id_of(trial))
+    assert frozen.state == optuna.trial.TrialState.RUNNING
+    assert frozen.params == {} and frozen.system_attrs["fixed_params"] == {"x": 1.0}
