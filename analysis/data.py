@@ -16,11 +16,11 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-import mlflow
 import optuna
 import pandas as pd
 
-from analysis.history import load_history, open_client
+from analysis import store
+from analysis.history import load_history
 from analysis.sources import (
     DEFAULT_STORAGE,
     AnalysisError,
@@ -29,13 +29,14 @@ from analysis.sources import (
 )
 from began.errors import first_line
 from began.tracking import mask_url
+from studies import schema
 
 __all__ = ["AnalysisError", "load_history", "load_runs", "load_trials", "open_study"]
 
-STATES = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+STATES = list(schema.STATES)
 # MLflow run status -> trial state, for runs that are not part of a study.
-RUN_STATES = {"FINISHED": "COMPLETE", "FAILED": "FAIL", "KILLED": "FAIL", "RUNNING": "RUNNING",
-              "SCHEDULED": "WAITING"}  # fmt: skip
+RUN_STATES = {"FINISHED": schema.COMPLETE, "FAILED": schema.FAIL, "KILLED": schema.FAIL,
+              "RUNNING": schema.RUNNING, "SCHEDULED": schema.WAITING}  # fmt: skip
 
 
 def open_study(study: str, storage: str = DEFAULT_STORAGE) -> optuna.Study:
@@ -59,25 +60,25 @@ def load_trials(study: str | optuna.Study, storage: str = DEFAULT_STORAGE) -> pd
     """One row per Optuna trial, retries included, with the study's facts in `attrs`."""
     if isinstance(study, str):
         study = open_study(study, storage)
-    names = [str(n) for n in study.user_attrs.get("objectives", [])]
+    names = [str(n) for n in study.user_attrs.get(schema.OBJECTIVES_ATTR, [])]
     trials = study.get_trials(deepcopy=False)
     if len(names) < len(study.directions):
         names = [f"value_{i}" for i in range(len(study.directions))]
     latest: dict[str, int] = {}  # run id -> the latest trial that continues it
     for t in trials:
-        run_id = t.user_attrs.get("mlflow_run_id")
+        run_id = t.user_attrs.get(schema.RUN_ID_ATTR)
         if run_id:
             latest[run_id] = max(latest.get(run_id, -1), t.number)
     rows = [_trial_row(t, names, latest) for t in trials]
-    df = pd.DataFrame(rows, columns=_TRIAL_COLUMNS + [f"objective_{n}" for n in names])
+    df = pd.DataFrame(rows, columns=_TRIAL_COLUMNS + [schema.OBJECTIVE_PREFIX + n for n in names])
     df = pd.concat([df, pd.DataFrame([_params_and_final(t) for t in trials])], axis=1)
     df["state"] = pd.Categorical(df["state"], categories=STATES)
     df.attrs.update(
         study=study.study_name, objectives=names,
         directions=[d.name.lower() for d in study.directions],
-        kind=study.user_attrs.get("kind", ""),
-        parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
-        experiment=study.user_attrs.get("mlflow_experiment", study.study_name),
+        kind=study.user_attrs.get(schema.KIND_ATTR, ""),
+        parent_run_id=study.user_attrs.get(schema.PARENT_RUN_ATTR),
+        experiment=study.user_attrs.get(schema.EXPERIMENT_ATTR, study.study_name),
         params=sorted({p for t in trials for p in t.params}),
     )  # fmt: skip
     return _typed(df)
@@ -88,23 +89,25 @@ _TRIAL_COLUMNS = ["trial", "state", "reason", "run_id", "current", "retry_of",
 
 
 def _trial_row(t: optuna.trial.FrozenTrial, names: list[str], latest: dict) -> list[Any]:
-    run_id = t.user_attrs.get("mlflow_run_id")
+    run_id = t.user_attrs.get(schema.RUN_ID_ATTR)
     values = list(t.values) if t.values is not None else [None] * len(names)
     return [
-        t.number, t.state.name, t.user_attrs.get("reason", ""), run_id,
+        t.number, t.state.name, t.user_attrs.get(schema.REASON_ATTR, ""), run_id,
         run_id is None or latest.get(run_id) == t.number,
-        t.system_attrs.get("failed_trial"), t.datetime_start, t.datetime_complete, *values,
+        t.system_attrs.get(schema.FAILED_TRIAL_ATTR), t.datetime_start, t.datetime_complete,
+        *values,
     ]  # fmt: skip
 
 
 def _params_and_final(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    final = t.user_attrs.get("final_metrics") or {}
+    final = t.user_attrs.get(schema.FINAL_ATTR) or {}
     row: dict[str, Any] = dict(t.params)
-    row.update({f"final_{k}": v for k, v in final.items() if k not in ("step", "m_global")})
-    if "m_global" in final:  # the study's M_global is the mean over the last window
-        row["final_m_global_mean"] = final["m_global"]
-    if "step" in final:
-        row["final_step"] = final["step"]
+    special = (schema.FINAL_STEP, schema.FINAL_M_GLOBAL)
+    row.update({f"final_{k}": v for k, v in final.items() if k not in special})
+    if schema.FINAL_M_GLOBAL in final:  # the study's M_global is the mean over the last window
+        row["final_m_global_mean"] = final[schema.FINAL_M_GLOBAL]
+    if schema.FINAL_STEP in final:
+        row["final_step"] = final[schema.FINAL_STEP]
     return row
 
 
@@ -120,7 +123,9 @@ def load_runs(
     tracking_uri = tracking_uri or default_tracking_uri()
     if study is not None:
         trials = load_trials(study, storage)
-        runs = _search_runs(tracking_uri, trials.attrs["experiment"], study=study)
+        found = store.search_runs(tracking_uri, trials.attrs["experiment"], f"--study {study}",
+                                  {schema.STUDY_NAME_TAG: study})  # fmt: skip
+        runs = _run_frame([r for r in found if schema.PARENT_RUN_TAG in r.data.tags])
         df = trials.merge(runs, on="run_id", how="left", suffixes=("", "_run"))
         for column in [c for c in df if c.endswith("_run")]:  # the trial's value first
             base = column.removesuffix("_run")
@@ -128,11 +133,12 @@ def load_runs(
             df = df.drop(columns=column)
         df.attrs = trials.attrs
     elif experiment is not None:
-        df = _search_runs(tracking_uri, experiment)
+        found = store.search_runs(tracking_uri, experiment, f"--experiment {experiment}", {})
+        df = _run_frame(found)
         df = df[~df["is_parent"]].reset_index(drop=True) if len(df) else df
         df.attrs.update(study=None, experiment=experiment)
     elif run_ids is not None:
-        df = _get_runs(tracking_uri, list(run_ids))
+        df = _run_frame(store.get_runs(tracking_uri, list(run_ids)))
         df.attrs.update(study=None, experiment=None)
     else:
         raise AnalysisError("--study, --experiment or --runs: say which runs to load")
@@ -143,48 +149,22 @@ def load_runs(
     return _typed(df.drop(columns=["is_parent"], errors="ignore"))
 
 
-def _search_runs(tracking_uri: str, experiment: str, study: str | None = None) -> pd.DataFrame:
-    client = open_client(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        option = "--study" if study else "--experiment"
-        name = study or experiment
-        where = f"no MLflow experiment {experiment!r} in {tracking_uri}"
-        raise AnalysisError(f"{option} {name}: {where}")
-    query = f"tags.study_name = '{study}'" if study else ""
-    runs = client.search_runs([found.experiment_id], query, max_results=50_000)
-    if study is not None:
-        runs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return _run_frame(runs)
-
-
-def _get_runs(tracking_uri: str, run_ids: list[str]) -> pd.DataFrame:
-    client = open_client(tracking_uri)
-    runs = []
-    for run_id in run_ids:
-        try:
-            runs.append(client.get_run(run_id))
-        except mlflow.exceptions.MlflowException:
-            raise AnalysisError(f"--runs {run_id}: no such run in {tracking_uri}") from None
-    return _run_frame(runs)
-
-
 def _run_frame(runs: list[Any]) -> pd.DataFrame:
     rows = []
     for run in runs:
         tags = run.data.tags
-        reason = tags.get("prune_reason") or tags.get("fail_reason") or ""
-        if not reason and tags.get("stop_reason") not in (None, "", "completed"):
-            reason = tags["stop_reason"]
+        reason = (tags.get(schema.PRUNE_REASON_TAG) or tags.get(schema.FAIL_REASON_TAG)
+                  or tags.get(schema.STOP_REASON_TAG) or "")  # fmt: skip
         row = {
             "run_id": run.info.run_id, "run_name": run.info.run_name,
             "run_status": run.info.status,
             "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
             "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True),
-            "trial_tag": tags.get("trial_number"), "state_tag": tags.get("trial_state"),
-            "run_reason": reason, "resume_count": tags.get("resume_count"),
+            "trial_tag": tags.get(schema.TRIAL_NUMBER_TAG),
+            "state_tag": tags.get(schema.TRIAL_STATE_TAG),
+            "run_reason": reason, "resume_count": tags.get(schema.RESUME_COUNT_TAG),
             "device_name": tags.get("device_name"),
-            "is_parent": "study_kind" in tags,
+            "is_parent": schema.STUDY_KIND_TAG in tags,
         }  # fmt: skip
         row.update(run.data.params)
         row.update({f"final_{k}": v for k, v in run.data.metrics.items()})

@@ -16,6 +16,8 @@ from matplotlib import cm, colors  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from studies.schema import OBJECTIVE_PREFIX  # noqa: E402
+
 STATE_COLOURS = {"COMPLETE": "#2b8a3e", "PRUNED": "#e8590c", "FAIL": "#c92a2a",
                  "RUNNING": "#1971c2", "WAITING": "#868e96"}  # fmt: skip
 TITLES = {"m_global": "M_global", "k": "k", "loss_d": "loss_d  (L_D)",
@@ -67,7 +69,7 @@ def summary_bars(runs: pd.DataFrame, metric: str | None, params: list[str]) -> F
             ax.text(0.01 * span, yi, text, va="center", fontsize=8, color=colour)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    label = metric.removeprefix("objective_").removeprefix("final_") if metric else ""
+    label = metric.removeprefix(OBJECTIVE_PREFIX).removeprefix("final_") if metric else ""
     direction = dict(zip(runs.attrs.get("objectives", []), runs.attrs.get("directions", []),
                          strict=False)).get(label)  # fmt: skip
     ax.set_xlabel(f"{label} ({direction})" if direction else label or "(no objective)")
@@ -155,7 +157,7 @@ def quality_by_gamma(long: pd.DataFrame) -> Figure:
 def pareto(done: pd.DataFrame, names: list[str], directions: list[str], best: list) -> Figure:
     fig = Figure(figsize=(7, 4.6), layout="constrained")
     ax = fig.add_subplot()
-    cols = [f"objective_{n}" for n in names]
+    cols = [OBJECTIVE_PREFIX + n for n in names]
     is_best = done["trial"].isin(best)
     if len(names) == 1:
         ordered = done.sort_values("trial")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from analysis import figures
 from analysis.history import fetch_image, list_images
-from analysis.sections import Records, Section, param_columns
+from analysis.sections import ReportInputs, Section, param_columns
 
 
 def _label(run: pd.Series, params: list[str]) -> str:
@@ -20,19 +20,19 @@ def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _load(records: Records, run_id: str, path: str, size: int) -> Image.Image:
-    local = fetch_image(run_id, path, records.tracking_uri, records.cache_dir)
+def _load(inputs: ReportInputs, run_id: str, path: str, size: int) -> Image.Image:
+    local = fetch_image(run_id, path, inputs.tracking_uri, inputs.cache_dir)
     with Image.open(local) as image:
         image = image.convert("RGB")
         image.thumbnail((size, size))  # a 64-image grid is ~1100 px; the montage needs less
         return image
 
 
-def samples(records: Records, size: int = 360) -> Section:
-    runs = records.current
+def samples(inputs: ReportInputs, size: int = 360) -> Section:
+    runs = inputs.current
     order = [c for c in ("gamma", "trial") if c in runs]
     runs = runs.sort_values(order) if order else runs
-    images = list_images(runs["run_id"], "samples", records.tracking_uri)
+    images = list_images(runs["run_id"], "samples", inputs.tracking_uri)
     final = images.sort_values("step").groupby("run_id").last()
     params = param_columns(runs)
     tiles, rows = [], []
@@ -43,7 +43,7 @@ def samples(records: Records, size: int = 360) -> Section:
                      **{p: run.get(p) for p in params}, "step": step,
                      "image": final.loc[run["run_id"], "path"] if found else ""})  # fmt: skip
         if found:
-            image = _load(records, run["run_id"], final.loc[run["run_id"], "path"], size)
+            image = _load(inputs, run["run_id"], final.loc[run["run_id"], "path"], size)
             tiles.append((image, f"{_label(run, params)} @ step {step:,}"))
     table = pd.DataFrame(rows)
     notes = [] if tiles else ["no sample grid was logged yet"]
@@ -61,18 +61,18 @@ _SAMPLES_HELP = (
 )
 
 
-def samples_over_training(records: Records, size: int = 300, most: int = 8) -> Section:
-    run_id = records.chosen_run
-    runs = records.runs
+def samples_over_training(inputs: ReportInputs, size: int = 300, most: int = 8) -> Section:
+    run_id = inputs.chosen_run
+    runs = inputs.runs
     if not run_id or run_id not in set(runs["run_id"].dropna()):
         return Section("progress", "One run over training", _PROGRESS_HELP, pd.DataFrame(),
                        None, ["no run chosen (no complete trial; use --run ID)"])  # fmt: skip
     run = runs[runs["run_id"] == run_id].iloc[-1]
-    images = list_images([run_id], "samples", records.tracking_uri).sort_values("step")
+    images = list_images([run_id], "samples", inputs.tracking_uri).sort_values("step")
     if len(images) > most:  # evenly spaced, always with the last
         picks = sorted({round(i * (len(images) - 1) / (most - 1)) for i in range(most)})
         images = images.iloc[picks]
-    tiles = [(_load(records, run_id, row.path, size), f"step {row.step:,}")
+    tiles = [(_load(inputs, run_id, row.path, size), f"step {row.step:,}")
              for row in images.itertuples()]  # fmt: skip
     title = f"{_label(run, param_columns(runs))} (run {run_id[:8]})".replace("\n", " ")
     fig = figures.montage(tiles, columns=min(4, len(tiles)), title=title) if tiles else None

@@ -10,34 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 
-from analysis.sources import AnalysisError, default_tracking_uri, require_sqlite_file
-from began.tracking import TrackingError, check_tracking_uri
+from analysis import store
+from analysis.sources import default_tracking_uri
 
 THREADS = 8
 _MEMORY: dict[tuple[str, str, str], pd.DataFrame] = {}  # (uri, run id, key) -> frame
-_CLIENTS: dict[str, mlflow.MlflowClient] = {}
-_IMAGE_NAME = re.compile(r"^(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+(?P<ts>\d+)\+.*\.png$")
-
-
-def open_client(tracking_uri: str) -> mlflow.MlflowClient:
-    """One client per URI (a SQLite store builds its engine once)."""
-    if tracking_uri not in _CLIENTS:
-        require_sqlite_file(tracking_uri, "--tracking-uri")
-        try:
-            check_tracking_uri(tracking_uri)
-        except TrackingError as error:
-            raise AnalysisError(str(error)) from None
-        _CLIENTS[tracking_uri] = mlflow.MlflowClient(tracking_uri)
-    return _CLIENTS[tracking_uri]
 
 
 def default_cache_dir() -> Path:
@@ -62,12 +46,12 @@ def load_history(
 ) -> pd.DataFrame:
     """Long frame of metric histories: run_id, key, step, value (sorted by run, key, step)."""
     uri = tracking_uri or default_tracking_uri()
-    client = open_client(uri)
+    store.open_client(uri)  # a bad URI: one clear error here, not one per thread
     ids = [str(r) for r in dict.fromkeys(run_ids) if isinstance(r, str) and r]
     keys = list(dict.fromkeys(keys))
     folder = _store_dir(cache_dir, uri)
     with ThreadPoolExecutor(THREADS) as pool:
-        frames = list(pool.map(lambda r: _run_history(client, uri, r, keys, folder), ids))
+        frames = list(pool.map(lambda r: _run_history(uri, r, keys, folder), ids))
     columns = ["run_id", "key", "step", "value"]
     frames = [f for f in frames if len(f)]
     if not frames:
@@ -78,34 +62,23 @@ def load_history(
 _DTYPES = ["object", "object", "int64", "float64"]
 
 
-def _run_history(
-    client: mlflow.MlflowClient, uri: str, run_id: str, keys: list[str], folder: Path
-) -> pd.DataFrame:
-    run = client.get_run(run_id)
-    finished = run.info.status in ("FINISHED", "FAILED", "KILLED")
-    stamp = f"{run.info.status}:{run.info.end_time}"
+def _run_history(uri: str, run_id: str, keys: list[str], folder: Path) -> pd.DataFrame:
+    status, end_time, logged = store.run_state(uri, run_id)
+    finished = status in ("FINISHED", "FAILED", "KILLED")
+    stamp = f"{status}:{end_time}"
     path = folder / f"{run_id}.pkl"
     cached = _read_cache(path, stamp) if finished else {}
-    wanted = [k for k in keys if k in run.data.metrics]  # never logged: nothing to fetch
+    wanted = [k for k in keys if k in logged]  # never logged: nothing to fetch
     missing = [k for k in wanted if k not in cached]
     for key in missing:
         memo = _MEMORY.get((uri, run_id, key)) if finished else None
-        cached[key] = memo if memo is not None else _fetch(client, run_id, key)
+        cached[key] = memo if memo is not None else store.metric_history(uri, run_id, key)
         if finished:
             _MEMORY[(uri, run_id, key)] = cached[key]
     if finished and missing:
         _write_cache(path, stamp, cached)
     frames = [cached[k].assign(run_id=run_id, key=k) for k in wanted if len(cached[k])]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _fetch(client: mlflow.MlflowClient, run_id: str, key: str) -> pd.DataFrame:
-    points = client.get_metric_history(run_id, key)
-    frame = pd.DataFrame(
-        {"step": [p.step for p in points], "value": [p.value for p in points]}
-    ).astype({"step": "int64", "value": "float64"})
-    # A resumed run may log a step twice (before and after the stop): keep the last.
-    return frame.drop_duplicates("step", keep="last").sort_values("step", ignore_index=True)
 
 
 def _read_cache(path: Path, stamp: str) -> dict[str, pd.DataFrame]:
@@ -126,25 +99,12 @@ def _write_cache(path: Path, stamp: str, frames: dict[str, pd.DataFrame]) -> Non
 def list_images(
     run_ids: Iterable[str], key: str = "samples", tracking_uri: str | None = None
 ) -> pd.DataFrame:
-    """The images logged with `client.log_image`: run_id, key, step, artifact path."""
-    client = open_client(tracking_uri or default_tracking_uri())
+    """The images logged with `log_image`: run_id, key, step, artifact path."""
+    uri = tracking_uri or default_tracking_uri()
     ids = [r for r in dict.fromkeys(run_ids) if isinstance(r, str) and r]
-
-    def one(run_id: str) -> list[dict[str, Any]]:
-        try:
-            files = client.list_artifacts(run_id, "images")
-        except Exception:  # no artifacts folder yet (a run that failed at once)
-            return []
-        rows = []
-        for f in files:
-            match = _IMAGE_NAME.match(Path(f.path).name)
-            if match and match["key"] == key:
-                rows.append({"run_id": run_id, "key": key, "step": int(match["step"]),
-                             "timestamp": int(match["ts"]), "path": f.path})  # fmt: skip
-        return rows
-
     with ThreadPoolExecutor(THREADS) as pool:
-        rows = [row for found in pool.map(one, ids) for row in found]
+        rows = [row for found in pool.map(lambda r: store.logged_images(uri, r, key), ids)
+                for row in found]  # fmt: skip
     frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "timestamp", "path"])
     # A resumed run can log one step twice: the later image is the one that counts.
     frame = frame.sort_values(["run_id", "step", "timestamp"])
@@ -159,9 +119,7 @@ def fetch_image(
     target = _store_dir(cache_dir, uri) / "images" / run_id
     local = target / Path(path).name
     if not local.is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one per image
-        fetched = Path(open_client(uri).download_artifacts(run_id, path, str(target)))
+        fetched = store.download(uri, run_id, path, target)
         if fetched != local:
             os.replace(fetched, local)
     return local

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pandas as pd
 
 from analysis.figures import STATE_COLOURS
 from analysis.sections import Section
+from began.tables import format_cell, markdown_table
 
 FORMATS = ("html", "md")
 
@@ -31,15 +31,6 @@ nav a{margin-right:14px;font-size:14px}
 .chips span{display:inline-block;border-radius:10px;padding:1px 9px;margin-right:6px;
 color:white;font-size:13px}
 """
-
-
-def cell(value: object) -> str:
-    """A table cell as text: 4 significant digits, blanks for missing values."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def write_report(
@@ -104,7 +95,7 @@ def _html_table(table: pd.DataFrame) -> str:
     for values in table.itertuples(index=False):
         cells = []
         for value in values:
-            text = html.escape(cell(value))
+            text = html.escape(format_cell(value))
             style = ""
             if text in STATE_COLOURS:
                 style = f" style='color:{STATE_COLOURS[text]};font-weight:600'"
@@ -123,16 +114,11 @@ def to_markdown(sections: Sequence[Section], header: dict[str, str]) -> str:
         if section.figure is not None:
             lines += ["", f"![{section.title}]({section.key}.png)"]
         if len(section.table):
-            lines += ["", markdown_table(section.table)]
+            lines += ["", frame_as_markdown(section.table)]
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    def text(value: object) -> str:
-        return cell(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(str(c) for c in table.columns) + " |",
-             "|" + "---|" * len(table.columns)]  # fmt: skip
-    lines += ["| " + " | ".join(text(v) for v in row) + " |"
-              for row in table.itertuples(index=False)]  # fmt: skip
-    return "\n".join(lines)
+def frame_as_markdown(table: pd.DataFrame) -> str:
+    columns = [str(c) for c in table.columns]
+    rows = [dict(zip(columns, row, strict=True)) for row in table.itertuples(index=False)]
+    return markdown_table(rows, columns)

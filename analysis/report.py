@@ -19,11 +19,14 @@ import pandas as pd
 
 from analysis import gallery, sections
 from analysis.data import load_runs, open_study
-from analysis.history import load_history, open_client
+from analysis.history import load_history
 from analysis.render import FORMATS, write_report
-from analysis.sections import CURVES, Records, Section
+from analysis.sections import CURVES, ReportInputs, Section
 from analysis.sources import DEFAULT_STORAGE, AnalysisError, default_tracking_uri
 from began.cli import HelpFormatter, Parser, run_cli
+from began.tracking import MlflowTracker
+from studies.records import best_trials
+from studies.schema import REPORT_FOLDER, RUN_ID_ATTR
 
 SECTIONS = (
     sections.summary, sections.curves, sections.equilibrium, sections.quality_by_gamma,
@@ -76,26 +79,22 @@ def build_sections(
     study = open_study(runs.attrs["study"], storage) if runs.attrs.get("study") else None
     if chosen_run is not None and chosen_run not in set(runs["run_id"].dropna()):
         raise AnalysisError(f"--run {chosen_run}: not one of this report's runs")
-    records = Records(runs, history, study, uri, window_steps, chosen_run or _best_run(runs),
-                      cache_dir)  # fmt: skip
+    best = best_trials(study) if study is not None else []
+    inputs = ReportInputs(runs, history, study, uri, window_steps,
+                          chosen_run or _default_run(runs, best), cache_dir)  # fmt: skip
     out = []
     for make in SECTIONS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna's experimental and scipy's constant-input
-            out.append(make(records))
+            out.append(make(inputs))
     return out
 
 
-def _best_run(runs: pd.DataFrame) -> str | None:
-    """The best complete trial's run (first objective), else the last run that logged."""
-    names = runs.attrs.get("objectives", [])
+def _default_run(runs: pd.DataFrame, best: list) -> str | None:
+    """The run shown over training: the best trial's, else the last complete run's."""
+    if best and best[0].user_attrs.get(RUN_ID_ATTR):
+        return str(best[0].user_attrs[RUN_ID_ATTR])
     done = runs[(runs["state"] == "COMPLETE") & runs["run_id"].notna()]
-    if names and len(done):
-        column = f"objective_{names[0]}"
-        maximise = runs.attrs.get("directions", ["minimize"])[0] == "maximize"
-        ranked = done.dropna(subset=[column]).sort_values(column, ascending=not maximise)
-        if len(ranked):
-            return str(ranked["run_id"].iloc[0])
     ids = (done if len(done) else runs)["run_id"].dropna()
     return str(ids.iloc[-1]) if len(ids) else None
 
@@ -130,9 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_report(built, header(runs, title), out, formats)
     parent = runs.attrs.get("parent_run_id")
     if parent and not args.no_log:
-        open_client(runs.attrs["tracking_uri"]).log_artifacts(parent, str(out), "report")
+        tracker = MlflowTracker(runs.attrs["tracking_uri"], run_id=parent, run_option="--study")
+        tracker.log_artifacts(out, REPORT_FOLDER)
     seconds = time.perf_counter() - started
-    where = f"; logged to run {parent} under report/" if parent and not args.no_log else ""
+    logged = f"; logged to run {parent} under {REPORT_FOLDER}/"
+    where = logged if parent and not args.no_log else ""
     print(f"report: {out / ('report.html' if 'html' in formats else 'report.md')} "
           f"({len(runs)} trials, {seconds:.1f} s{where})")  # fmt: skip
     return 0

@@ -19,12 +19,14 @@ from scipy.stats import spearmanr
 
 from analysis import figures
 from began.metrics.registry import is_objective_name, quality_name_prefixes
+from studies.records import best_trials
+from studies.schema import OBJECTIVE_PREFIX
 
 CURVES = ["m_global", "k", "loss_d", "loss_g", "loss_real", "loss_fake"]
 
 
 @dataclass
-class Records:
+class ReportInputs:
     """Everything the sections read: loaded once, shared by all."""
 
     runs: pd.DataFrame  # analysis.load_runs
@@ -69,30 +71,30 @@ def quality_columns(runs: pd.DataFrame) -> list[str]:
     return found
 
 
-def window_points(records: Records, run_id: str) -> int:
+def window_points(inputs: ReportInputs, run_id: str) -> int:
     """The rolling window in logged points: metrics are logged every `log_every` steps."""
-    row = records.runs.loc[records.runs["run_id"] == run_id]
+    row = inputs.runs.loc[inputs.runs["run_id"] == run_id]
     every = row["log_every"].iloc[0] if "log_every" in row and len(row) else 1
     every = int(every) if pd.notna(every) and every > 0 else 1
-    return max(1, round(records.window_steps / every))
+    return max(1, round(inputs.window_steps / every))
 
 
-def smoothed(records: Records, keys: list[str]) -> pd.DataFrame:
+def smoothed(inputs: ReportInputs, keys: list[str]) -> pd.DataFrame:
     """History of `keys` with a rolling mean per run and key (`smooth`), in steps."""
-    hist = records.history[records.history["key"].isin(keys)]
+    hist = inputs.history[inputs.history["key"].isin(keys)]
     parts = []
     for (run_id, _), group in hist.groupby(["run_id", "key"], sort=False):
-        width = min(window_points(records, run_id), max(1, len(group) // 5))
+        width = min(window_points(inputs, run_id), max(1, len(group) // 5))
         parts.append(group.assign(smooth=group["value"].rolling(width, min_periods=1).mean()))
     return pd.concat(parts, ignore_index=True) if parts else hist.assign(smooth=np.nan)
 
 
-def summary(records: Records) -> Section:
-    runs = records.runs
-    objectives = [f"objective_{n}" for n in runs.attrs.get("objectives", [])]
+def summary(inputs: ReportInputs) -> Section:
+    runs = inputs.runs
+    objectives = [OBJECTIVE_PREFIX + n for n in runs.attrs.get("objectives", [])]
     quality = [q for q in quality_columns(runs) if q.removeprefix("final_") not in
                runs.attrs.get("objectives", [])]  # fmt: skip
-    hist = records.history
+    hist = inputs.history
     last_step = hist[hist["key"] == "m_global"].groupby("run_id")["step"].max()
     speed = hist[hist["key"] == "images_per_s"].groupby("run_id")["value"].median()
     table = runs[["trial", "state", *param_columns(runs), *objectives, *quality[:3]]].copy()
@@ -103,7 +105,7 @@ def summary(records: Records) -> Section:
     table["images_per_s"] = runs["run_id"].map(speed).round(1)
     table["reason"] = runs["reason"].fillna("").where(runs["current"], "retried: " +
                                                        runs["reason"].fillna(""))  # fmt: skip
-    table.columns = [c.removeprefix("objective_").removeprefix("final_") for c in table.columns]
+    table.columns = [c.removeprefix(OBJECTIVE_PREFIX).removeprefix("final_") for c in table.columns]
     table = table.sort_values("trial", na_position="last").reset_index(drop=True)
     counts = runs["state"].value_counts()
     notes = [", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)]
@@ -120,9 +122,9 @@ _SUMMARY_HELP = (
 )
 
 
-def curves(records: Records) -> Section:
-    data = smoothed(records, CURVES)
-    runs = records.current
+def curves(inputs: ReportInputs) -> Section:
+    data = smoothed(inputs, CURVES)
+    runs = inputs.current
     table = (
         data.sort_values("step").groupby(["run_id", "key"])["smooth"].last().unstack("key")
         if len(data) else pd.DataFrame()
@@ -131,21 +133,22 @@ def curves(records: Records) -> Section:
         table.reset_index(), on="run_id", how="left"
     ).drop(columns="run_id")  # fmt: skip
     fig = figures.curves(data, runs, CURVES) if len(data) else None
-    note = f"rolling mean over {records.window_steps:,} steps (capped at 1/5 of a run)"
+    note = f"rolling mean over {inputs.window_steps:,} steps (capped at 1/5 of a run)"
     return Section("curves", "Training curves", _CURVES_HELP, table, fig, [note])
 
 
 _CURVES_HELP = (
-    "As the reference Keras run was plotted: each series with a rolling mean, one panel per "
-    "series, runs coloured by gamma (faint: the raw logged values). M_global should fall and "
-    "flatten; k rises while D reconstructs fakes too well, then settles (stuck at 0: gamma or "
-    "lr do not suit the data); loss_fake should settle at gamma x loss_real."
+    "As the reference LFW run (docs/began.md, section 5) was plotted: each series with a "
+    "rolling mean, one panel per series, runs coloured by gamma (faint: the raw logged "
+    "values). M_global should fall and flatten; k rises while D reconstructs fakes too "
+    "well, then settles (stuck at 0: gamma or lr do not suit the data); loss_fake should "
+    "settle at gamma x loss_real."
 )
 
 
-def equilibrium(records: Records, tolerance: float = 0.15) -> Section:
-    data = smoothed(records, ["loss_real", "loss_fake"])
-    runs = records.current
+def equilibrium(inputs: ReportInputs, tolerance: float = 0.15) -> Section:
+    data = smoothed(inputs, ["loss_real", "loss_fake"])
+    runs = inputs.current
     rows = []
     for _, run in runs.iterrows():
         mine = data[data["run_id"] == run["run_id"]]
@@ -177,8 +180,8 @@ _EQ_HELP = (
 )
 
 
-def quality_by_gamma(records: Records) -> Section:
-    runs = records.current
+def quality_by_gamma(inputs: ReportInputs) -> Section:
+    runs = inputs.current
     metrics = quality_columns(runs)
     if not metrics or "gamma" not in runs:
         empty = pd.DataFrame(columns=["gamma", "metric", "n", "mean", "std", "min", "max"])
@@ -203,30 +206,19 @@ _Q_HELP = (
 )
 
 
-def pareto(records: Records) -> Section:
-    runs = records.runs
+def pareto(inputs: ReportInputs) -> Section:
+    runs = inputs.runs
     names = runs.attrs.get("objectives", [])
     directions = runs.attrs.get("directions", [])
     done = runs[runs["state"] == "COMPLETE"]
-    best = _best_trials(records.study)
-    columns = ["trial", *param_columns(runs), *[f"objective_{n}" for n in names]]
+    best = [t.number for t in best_trials(inputs.study)] if inputs.study is not None else []
+    columns = ["trial", *param_columns(runs), *[OBJECTIVE_PREFIX + n for n in names]]
     table = done[done["trial"].isin(best)][columns].reset_index(drop=True)
-    table.columns = [c.removeprefix("objective_") for c in table.columns]
+    table.columns = [c.removeprefix(OBJECTIVE_PREFIX) for c in table.columns]
     notes = [] if len(done) else ["no complete trial yet"]
     fig = figures.pareto(done, names, directions, best) if len(done) and names else None
     title = "Pareto front" if len(names) > 1 else "Best trial"
     return Section("pareto", title, _PARETO_HELP, table, fig, notes)
-
-
-def _best_trials(study: optuna.Study | None) -> list[int]:
-    if study is None:
-        return []
-    try:
-        if len(study.directions) == 1:
-            return [study.best_trial.number]
-        return [t.number for t in study.best_trials]
-    except ValueError:  # no complete trial
-        return []
 
 
 _PARETO_HELP = (
@@ -236,8 +228,8 @@ _PARETO_HELP = (
 )
 
 
-def mglobal_vs_quality(records: Records) -> Section:
-    runs = records.current
+def mglobal_vs_quality(inputs: ReportInputs) -> Section:
+    runs = inputs.current
     metrics = quality_columns(runs)
     fids = [m for m in metrics if m.startswith("final_fid")]
     metric = (fids or metrics or [None])[0]
@@ -276,8 +268,8 @@ _MG_HELP = (
 )
 
 
-def importance(records: Records, min_trials: int = 5) -> Section:
-    study, runs = records.study, records.runs
+def importance(inputs: ReportInputs, min_trials: int = 5) -> Section:
+    study, runs = inputs.study, inputs.runs
     searched = [p for p in param_columns(runs) if runs[p].nunique() > 1]
     done = int((runs["state"] == "COMPLETE").sum())
     empty = pd.DataFrame(columns=["objective", "param", "importance"])

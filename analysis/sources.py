@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
+from began.tracking import DEFAULT_TRACKING_URI
+from studies.spec import DEFAULT_STORAGE as DEFAULT_STORAGE
 
 
 class AnalysisError(ValueError):
@@ -14,7 +15,7 @@ class AnalysisError(ValueError):
 
 def default_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI, else the studies' default store in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def require_sqlite_file(url: str, option: str) -> None:

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +46,9 @@ class Checkpoint:
     z_rng_state: torch.Tensor
     dataset_fingerprint: str  # the data it was trained on, checked on resume
     z_rng_device: str = "cpu"  # device type the z generator state belongs to
-    # The evaluation window: M_global summed over the steps since the last evaluation,
-    # so a resumed run reports the same mean as an unbroken one.
-    eval_sum: float = 0.0
-    eval_count: int = 0
+    # The loop's evaluation window ({"sum", "count"}: M_global over the steps since the
+    # last evaluation), so a resumed run reports the same mean as an unbroken one.
+    eval_window: dict[str, Any] = field(default_factory=dict)
     # The last evaluation {"step", "m_global", "metrics"}: what a finished run reports.
     last_eval: dict[str, Any] | None = None
 
@@ -71,8 +70,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "z_rng_state": checkpoint.z_rng_state,
         "dataset_fingerprint": checkpoint.dataset_fingerprint,
         "z_rng_device": checkpoint.z_rng_device,
-        "eval_sum": checkpoint.eval_sum,
-        "eval_count": checkpoint.eval_count,
+        "eval_window_json": json.dumps(checkpoint.eval_window),
         "last_eval_json": json.dumps(checkpoint.last_eval),
     }
     tmp_name = ""
@@ -127,6 +125,13 @@ def _rng_device(state: torch.Tensor) -> str:
     return "cuda" if state.numel() == 16 else "cpu"
 
 
+def _eval_window(payload: dict[str, Any]) -> dict[str, Any]:
+    if "eval_window_json" in payload:
+        return json.loads(payload["eval_window_json"])
+    # Checkpoints written before the window was one record kept its two numbers apart.
+    return {"sum": float(payload.get("eval_sum", 0.0)), "count": int(payload.get("eval_count", 0))}
+
+
 def load_checkpoint(path: Path | str) -> Checkpoint:
     """Read a checkpoint onto the CPU; CheckpointError with the file name if it is unusable."""
     path = Path(path)
@@ -151,7 +156,6 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         dataset_fingerprint=str(payload["dataset_fingerprint"]),
         # Checkpoints written before these fields existed: CPU-era defaults.
         z_rng_device=str(payload.get("z_rng_device", _rng_device(payload["z_rng_state"]))),
-        eval_sum=float(payload.get("eval_sum", 0.0)),
-        eval_count=int(payload.get("eval_count", 0)),
+        eval_window=_eval_window(payload),
         last_eval=json.loads(payload.get("last_eval_json", "null")),
     )

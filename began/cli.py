@@ -78,8 +78,10 @@ def add_config_options(
             continue
         flag = option_flag(f.name)
         default = shown_defaults.get(f.name, f.default)
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r}"
-        help_text += f"; with --data: {f.default!r})" if default != f.default else ")"
+        help_text = f.metadata.get("help", "")
+        if "(default" not in help_text:  # a help that states its default says it better
+            help_text += f" (default: {default!r}"
+            help_text += f"; with --data: {f.default!r})" if default != f.default else ")"
         if f.type in ("bool", bool):
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text

@@ -16,6 +16,7 @@ from typing import Any
 
 SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 class ConfigError(ValueError):
@@ -84,7 +85,11 @@ class TrainConfig:
         5000, "steps between sample and reconstruction grids (and at the end)"
     )
     checkpoint_every: int = option(5000, "steps between checkpoints (and at the end)")
-    eval_every: int = option(0, "steps between quality evaluations (0: only at the end)")
+    eval_every: int = option(
+        0,
+        "steps between quality evaluations, 0: only at the end (default on the command line: "
+        "steps / 10 with --data, steps / 3 without)",
+    )
     metrics: str = option(
         "", "quality metrics to evaluate, e.g. fid_1k,kid_1k,diversity,recon,sharpness"
     )
@@ -150,6 +155,28 @@ DEMO_OVERRIDES: dict[str, Any] = dict(
     num_grid=64,
     metrics="diversity,recon,sharpness",
 )
+
+# Evaluations in a run when --eval-every is not given: enough for the health rule of a
+# study to act (it waits for 3 in a row) and for a curve of quality over training.
+EVALUATIONS_WITH_DATA = 10
+EVALUATIONS_IN_DEMO = 3  # the demo's 1,500 steps: at 500, 1,000 and 1,500
+
+
+def config_from_options(overrides: dict[str, Any]) -> TrainConfig:
+    """The config a command line asks for: the options the user set over the paper's
+    defaults when there is --data, over the CPU demo's without. The one place that decides
+    both, for single runs and studies alike.
+
+    Without --eval-every, a run is evaluated EVALUATIONS_WITH_DATA (or, in the demo,
+    EVALUATIONS_IN_DEMO) times, evenly over its steps.
+    """
+    with_data = bool(overrides.get("data"))
+    base = TrainConfig() if with_data else TrainConfig(**DEMO_OVERRIDES)
+    cfg = dataclasses.replace(base, **overrides)
+    if "eval_every" not in overrides:
+        evaluations = EVALUATIONS_WITH_DATA if with_data else EVALUATIONS_IN_DEMO
+        cfg = dataclasses.replace(cfg, eval_every=max(1, cfg.steps // evaluations))
+    return cfg
 
 
 def _require(condition: bool, option: str, message: str) -> None:
@@ -217,8 +244,13 @@ def _validate(cfg: TrainConfig) -> None:
         "holdout",
         "must be > 0 for the recon metric (it scores D on images it never trained on)",
     )
+    check_device_name(cfg.device)
+
+
+def check_device_name(name: str, option: str = "device") -> None:
+    """auto, cpu, cuda or cuda:N; whether that device exists is `learner.resolve_device`'s check."""
     _require(
-        re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.device) is not None,
-        "device",
-        f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}",
+        DEVICE_PATTERN.fullmatch(name) is not None,
+        option,
+        f"must be auto, cpu, cuda or cuda:N, got {name!r}",
     )

@@ -7,3 +7,8 @@ def first_line(error: BaseException) -> str:
     """The first non-empty line of an error's message, or its type's name when it has none."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def one_line(error: object) -> str:
+    """An error's whole text on one line (some, like tarfile's, span several)."""
+    return " ".join(str(error).split()) or type(error).__name__

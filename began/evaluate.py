@@ -1,9 +1,8 @@
-"""Quality evaluation of a generator, during training and after it.
+"""`python -m began.evaluate --run RUN_ID --metrics fid_5k,...`: score a run afterwards.
 
-`quality_metrics` is what the training loop calls at each evaluation point.
-`python -m began.evaluate --run RUN_ID --metrics fid_5k,...` scores a run's last
-checkpoint afterwards and logs the values into the same run, at the
-checkpoint's step, beside (not over) its training history.
+Scores the run's last checkpoint and logs the values into the same run, at the
+checkpoint's step, beside (not over) its training history. The scoring itself is
+`began.metrics.scoring.score`, which the training loop calls at its evaluations.
 """
 
 from __future__ import annotations
@@ -13,53 +12,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 
-import numpy as np
-import torch
-from torch import nn
-
 from began.checkpoint import load_checkpoint
 from began.cli import Parser, fail, run_cli
-from began.config import ConfigError, TrainConfig
-from began.data import ImageSet, load_images, split_holdout
-from began.metrics import EvalInputs, MetricRequest, evaluate, parse_metrics
-from began.models import Discriminator, Generator, sample_z
-from began.run import resolve_device
-
-EVAL_Z_SEED_OFFSET = 104_729  # the evaluation z stream is apart from the training and grid z
-
-
-@torch.no_grad()
-def quality_metrics(
-    G: nn.Module,
-    D: nn.Module,
-    cfg: TrainConfig,
-    requests: list[MetricRequest],
-    dataset: ImageSet,
-    heldout: np.ndarray,
-    device: torch.device,
-    cache_dir: str | None = None,
-) -> dict[str, float]:
-    """The requested metrics of G (samples) and D (reconstructions), by logged name."""
-    if not requests:
-        return {}
-    rng = torch.Generator().manual_seed(cfg.seed + EVAL_Z_SEED_OFFSET)
-
-    def generate(count: int) -> torch.Tensor:
-        # One z stream per evaluation, drawn on the CPU: the same samples on every device.
-        # evaluate() asks for chunks of at most EvalInputs.batch_size images.
-        return G(sample_z(count, cfg.hidden, rng).to(device))
-
-    inputs = EvalInputs(
-        generate=generate,
-        reconstruct=D,
-        real_images=torch.from_numpy(dataset.images),
-        heldout_images=torch.from_numpy(heldout),
-        dataset_fingerprint=dataset.fingerprint,
-        device=device,
-        cache_dir=cache_dir,
-        feature_network=cfg.feature_network or None,
-    )
-    return evaluate(requests, inputs)
+from began.config import ConfigError
+from began.data import load_images, split_holdout
+from began.learner import load_networks, resolve_device
+from began.metrics import MetricRequest, parse_metrics
+from began.metrics.scoring import score
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,13 +83,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     if dataset.fingerprint != checkpoint.dataset_fingerprint:
         fail(f"--data {cfg.data or 'built-in'}: not the dataset run {args.run} was trained on")
     _, heldout = split_holdout(dataset.images, cfg.holdout)
-    shape = dict(image_size=cfg.image_size, filters=cfg.filters, hidden=cfg.hidden)
-    G = Generator(**shape, repeat=cfg.repeat, skip=cfg.skip)
-    D = Discriminator(**shape, repeat=cfg.repeat, skip=cfg.skip)
-    G.load_state_dict(checkpoint.generator)
-    D.load_state_dict(checkpoint.discriminator)
-    G, D = G.to(device).eval(), D.to(device).eval()
-    values = quality_metrics(G, D, cfg, requests, dataset, heldout, device, args.cache_dir)
+    G, D = load_networks(checkpoint, device)
+    values = score(G, D, cfg, requests, dataset, heldout, device, args.cache_dir)
     tracker.log_metrics(values, checkpoint.step)
     tracker.log_text(json.dumps(values, indent=2), f"evaluations/step_{checkpoint.step}.json")
     tracker.close()

@@ -1,4 +1,5 @@
-"""Where a run came from: code version, package versions, device. Logged as run tags."""
+"""Where a run came from: code version, package versions, device, dataset, feature
+network. Logged as run tags when a run starts (`run_tags`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from began.config import TrainConfig
+from began.data import ImageSet
+from began.data.sampler import holdout_count
+from began.metrics import get_metric, inception, parse_metrics
 
 PACKAGES = ("began-toolkit", "torch", "torchvision", "mlflow", "optuna", "numpy", "scikit-image")
 
@@ -44,3 +50,33 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     processor = platform.processor() or platform.machine()
     return f"cpu ({processor}, {torch.get_num_threads()} threads)"
+
+
+BUILTIN_NOTE = (
+    "built-in demo: the 100 faces of skimage.data.lfw_subset(), 25x25 grayscale, "
+    "upscaled and kept despite being grayscale"
+)
+
+
+def run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict[str, str]:
+    """The tags a run starts with: what it ran on and what it was trained and scored on."""
+    tags = {
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "dataset_path": dataset.source,
+        "dataset_images": str(dataset.kept),
+        "dataset_fingerprint": dataset.fingerprint,
+        "dataset_skipped_grayscale": str(dataset.skipped_grayscale),
+        "dataset_skipped_unreadable": str(dataset.skipped_unreadable),
+        "dataset_grayscale_kept": str(dataset.grayscale_kept).lower(),
+        "holdout_images": str(holdout_count(cfg.holdout, dataset.kept)),
+    }
+    if any(get_metric(r.name).uses_feature_network for r in parse_metrics(cfg.metrics)):
+        # FID/KID are comparable only between runs that used the same feature network.
+        network = inception.resolve_network_path(cfg.feature_network or None)
+        tags["feature_network"] = inception.network_identity(network)
+    if not cfg.data:
+        tags["dataset_note"] = BUILTIN_NOTE
+    return tags

@@ -15,18 +15,11 @@ from pathlib import Path
 
 import torch
 
-from began.checkpoint import Checkpoint, load_checkpoint
+from began.checkpoint import load_checkpoint
 from began.cli import Parser, fail, run_cli
-from began.images import image_grid, save_png
+from began.images import VIEW_WIDTH, image_grid, save_png, viewable
+from began.learner import load_networks, resolve_device
 from began.models import Generator, sample_z
-from began.run import resolve_device
-
-
-def load_generator(checkpoint: Checkpoint, device: torch.device) -> Generator:
-    cfg = checkpoint.config
-    G = Generator(cfg.image_size, cfg.filters, cfg.hidden, cfg.repeat, cfg.skip)
-    G.load_state_dict(checkpoint.generator)
-    return G.to(device).eval()
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -84,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--walk-length", type=int, default=8, help="images per walk (a row)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the z drawn")
+    parser.add_argument(
+        "--width", type=int, default=VIEW_WIDTH,
+        help="upscale the grid to about this many pixels (nearest neighbour, as the grids "
+        "logged in MLflow); 0: one pixel per image pixel",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return parser
 
@@ -94,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         fail(f"--num: must be >= 1, got {args.num}")
     if args.walk_length < 2:
         fail(f"--walk-length: must be >= 2, got {args.walk_length}")
+    if args.width < 0:
+        fail(f"--width: must be >= 0, got {args.width}")
     device = resolve_device(args.device)  # a wrong --device fails before any loading
     if args.run:
         from began.tracking import MlflowTracker, check_tracking_uri
@@ -105,11 +105,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
             fail(f"--run {args.run}: the run has no checkpoint")
     else:
         path = args.checkpoint
-    G = load_generator(load_checkpoint(path), device)
+    G, _ = load_networks(load_checkpoint(path), device)
     images = sample_grid(G, args.num, args.seed, args.interpolate, args.walk_length)
     columns = args.walk_length if args.interpolate else math.ceil(math.sqrt(len(images)))
+    picture = image_grid(images, columns=columns)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_png(image_grid(images, columns=columns), args.out)
+    save_png(viewable(picture, args.width) if args.width else picture, args.out)
     print(f"wrote {len(images)} images to {args.out}")
     return args.out
 

@@ -1,21 +1,21 @@
-"""Experiment tracking behind one small interface; the only module that imports mlflow.
+"""Experiment tracking behind one small interface; the only module that writes to MLflow.
 
-The trainer calls a `Tracker`; it never knows where the numbers go.
-- `MlflowTracker` writes one MLflow run. Metrics and images are queued and written
-  by a background thread in batches, so a training step never waits on the
-  tracking store. Checkpoints go into the run's artifacts (written in place and
-  atomically when the artifact store is a local folder, uploaded otherwise).
-- `MemoryTracker` keeps everything in memory, for tests.
+The trainer, the studies and the reports call a `Tracker`; none of them knows where
+the numbers go.
+- `MlflowTracker` writes one MLflow run: a training run, a study's parent run or a
+  trial's child run. Metrics and images are queued and written by a background
+  thread in batches, so a training step never waits on the tracking store.
+  Checkpoints go into the run's artifacts (written in place and atomically when the
+  artifact store is a local folder, uploaded otherwise).
+- `began.memory_tracker.MemoryTracker` keeps everything in memory, for tests.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import shutil
 import tempfile
-import threading
 import time
 import urllib.request
 import warnings
@@ -28,14 +28,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from began.background_writer import BackgroundWriter
 from began.config import TrainConfig
 from began.errors import first_line
 from began.retry import retrying
 
-FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 CHECKPOINT_ARTIFACT_DIR = "checkpoints"
 DEFAULT_EXPERIMENT = "began"
-MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+# MLflow's own default store, what a plain `mlflow ui` in the same folder reads.
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limits for one log_batch call
+MAX_PARAMS_PER_BATCH = 100
+RESUME_COUNT_TAG = "resume_count"  # how many times a run was continued from a checkpoint
+ERROR_TAG = "error"  # why a run ended FAILED or KILLED
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag that nests a run under another
 
 
 class TrackingError(RuntimeError):
@@ -75,72 +82,26 @@ def check_tracking_uri(uri: str | None, option: str = "--tracking-uri") -> None:
 
 
 class Tracker(Protocol):
+    """One run's record. `run_id` is "" until `create` (or names the run being continued)."""
+
     run_id: str
 
+    @property
+    def status(self) -> str | None: ...  # RUNNING, FINISHED, FAILED, KILLED; None: not created
     def create(self) -> str: ...
     def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_image(self, key: str, image: np.ndarray, step: int) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def log_artifacts(self, folder: Path | str, artifact_path: str) -> None: ...
     def checkpoint_dir(self) -> Path: ...
     def checkpoint_saved(self, path: Path) -> None: ...
     def latest_checkpoint(self) -> Path | None: ...
     def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None: ...
-    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
     def finish(self, status: str, error: str | None = None) -> None: ...
-
-
-class MemoryTracker:
-    """Keeps a run's record in memory; checkpoints go to `checkpoint_root`."""
-
-    def __init__(self, checkpoint_root: Path | str, run_id: str = "memory-run") -> None:
-        self.run_id = run_id
-        self.root = Path(checkpoint_root)
-        self.params: dict[str, Any] = {}
-        self.tags: dict[str, str] = {}
-        self.metrics: dict[str, list[tuple[int, float]]] = {}
-        self.images: list[tuple[str, int, np.ndarray]] = []
-        self.models_logged = 0  # how many times log_models was called
-        self.status: str | None = None
-        self.error: str | None = None
-        self.starts: list[bool] = []  # the `resumed` flag of every start
-
-    def create(self) -> str:
-        return self.run_id
-
-    def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
-        self.params = cfg.to_dict()
-        self.tags.update(tags)
-        self.starts.append(resumed)
-        self.status = None
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        for name, value in metrics.items():
-            self.metrics.setdefault(name, []).append((step, float(value)))
-
-    def log_image(self, key: str, image: np.ndarray, step: int) -> None:
-        self.images.append((key, step, image))
-
-    def checkpoint_dir(self) -> Path:
-        return self.root / self.run_id / CHECKPOINT_ARTIFACT_DIR
-
-    def checkpoint_saved(self, path: Path) -> None:
-        pass
-
-    def latest_checkpoint(self) -> Path | None:
-        path = self.checkpoint_dir() / "last.pt"
-        return path if path.is_file() else None
-
-    def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None:
-        self.models_logged += 1
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self.tags.update({key: str(value) for key, value in tags.items()})
-
-    def finish(self, status: str, error: str | None = None) -> None:
-        self.status, self.error = status, error
-
-    def history(self, name: str) -> list[tuple[int, float]]:
-        return self.metrics.get(name, [])
+    def close(self) -> None: ...  # write what is queued; the status stays as it is
 
 
 def _local_path(uri: str) -> Path | None:
@@ -151,63 +112,9 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
-class _BackgroundWriter:
-    """One thread that drains queued metrics, images and uploads into the store."""
-
-    def __init__(self, flush: Callable[[list[Any], list[Callable[[], None]]], None]) -> None:
-        self._flush = flush
-        self._metrics: list[Any] = []
-        self._tasks: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopped = False
-        self._failures = 0
-        self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
-        self._thread.start()
-
-    def add_metrics(self, metrics: list[Any]) -> None:
-        with self._lock:
-            self._metrics.extend(metrics)
-
-    def add_task(self, task: Callable[[], None]) -> None:
-        with self._lock:
-            self._tasks.append(task)
-        self._wake.set()
-
-    def _drain(self) -> None:
-        with self._lock:
-            metrics, self._metrics = self._metrics, []
-            tasks, self._tasks = self._tasks, []
-        try:
-            self._flush(metrics, tasks)
-            self._failures = 0
-        except Exception as error:  # the store may be down: keep the data, retry later
-            with self._lock:
-                self._metrics[:0] = metrics
-                self._tasks[:0] = tasks
-            self._failures += 1
-            if self._failures == 1:
-                warnings.warn(f"tracking store write failed, will retry: {error}", stacklevel=1)
-            if self._stopped:
-                raise
-
-    def _run(self, interval: float = 2.0) -> None:
-        while not self._stopped:
-            self._wake.wait(interval)
-            self._wake.clear()
-            with contextlib.suppress(Exception):
-                self._drain()
-
-    def close(self) -> None:
-        """Stop the thread and write what is left, in the caller's thread."""
-        self._stopped = True
-        self._wake.set()
-        self._thread.join()
-        self._drain()
-
-
 class MlflowTracker:
-    """One MLflow run: a new one, or an existing one to resume (`run_id`)."""
+    """One MLflow run: a new one (created by `create`), or an existing one (`run_id`) to
+    continue, to add evaluations to, or to end. `tags` are set when the run is created."""
 
     def __init__(
         self,
@@ -217,6 +124,7 @@ class MlflowTracker:
         run_id: str | None = None,
         parent_run_id: str | None = None,
         run_option: str = "--resume",
+        tags: dict[str, str] | None = None,
     ) -> None:
         import mlflow
         from mlflow.entities import Metric
@@ -224,8 +132,11 @@ class MlflowTracker:
         self._metric_type = Metric
         self.client = mlflow.MlflowClient(tracking_uri)
         self.tracking_uri = self.client.tracking_uri
-        self._experiment, self._run_name, self._parent = experiment, run_name, parent_run_id
-        self.run_id = ""  # a new run is created by start(), once the data has loaded
+        self._experiment, self._run_name = experiment, run_name
+        self._tags = dict(tags or {})
+        if parent_run_id:
+            self._tags[PARENT_RUN_TAG] = parent_run_id
+        self.run_id = ""  # a new run is created by create(), before the data loads
         self.experiment_id = ""
         self.artifact_dir: Path | None = None
         if run_id is not None:
@@ -241,7 +152,7 @@ class MlflowTracker:
         self.experiment_id = run.info.experiment_id
         self.artifact_dir = _local_path(run.info.artifact_uri)
         self._staging_dir: Path | None = None
-        self._writer = _BackgroundWriter(self._write)
+        self._writer = BackgroundWriter(self._write)
 
     @property
     def _staging(self) -> Path:
@@ -250,22 +161,35 @@ class MlflowTracker:
             self._staging_dir = Path(tempfile.mkdtemp(prefix=f"began-{self.run_id}-"))
         return self._staging_dir
 
+    @property
+    def status(self) -> str | None:
+        if not self.run_id:
+            return None
+        run = with_retries(lambda: self.client.get_run(self.run_id), f"reading run {self.run_id}")
+        return run.info.status
+
     def create(self) -> str:
         """Create the run now (before the data loads) so that its id can be recorded."""
         if not self.run_id:
-            tags = {"mlflow.parentRunId": self._parent} if self._parent else {}
-            experiment_id = with_retries(
-                lambda: self._experiment_id(self._experiment), f"--experiment {self._experiment}"
+            experiment = with_retries(
+                lambda: experiment_id(self.client, self._experiment),
+                f"--experiment {self._experiment}",
             )
             run = with_retries(
-                lambda: self.client.create_run(experiment_id, run_name=self._run_name, tags=tags),
+                lambda: self.client.create_run(
+                    experiment, run_name=self._run_name, tags=self._tags
+                ),  # fmt: skip
                 "creating the run",
             )
             self._attach(run)
         return self.run_id
 
-    def _experiment_id(self, name: str) -> str:
-        return experiment_id(self.client, name)
+    def reopen(self) -> None:
+        """Mark a run that had ended RUNNING again (a study that continues)."""
+        with_retries(
+            lambda: self.client.update_run(self.run_id, status=RUNNING),
+            f"reopening run {self.run_id}",
+        )
 
     def _write(self, metrics: list[Any], tasks: list[Callable[[], None]]) -> None:
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
@@ -277,21 +201,30 @@ class MlflowTracker:
             tasks.pop(0)
 
     def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
+        """Mark the training run RUNNING with its config (once) and `tags`."""
         self.create()
         with_retries(lambda: self._start(cfg, tags, resumed), f"starting run {self.run_id}")
 
     def _start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
-        from mlflow.entities import Param, RunTag
-
         if resumed:
-            self.client.update_run(self.run_id, status="RUNNING")
-            count = int(self.client.get_run(self.run_id).data.tags.get("resume_count", "0"))
-            tags = {**tags, "resume_count": str(count + 1)}
+            self.client.update_run(self.run_id, status=RUNNING)
+            count = int(self.client.get_run(self.run_id).data.tags.get(RESUME_COUNT_TAG, "0"))
+            tags = {**tags, RESUME_COUNT_TAG: str(count + 1)}
         else:
-            params = [Param(key, str(value)) for key, value in cfg.to_dict().items()]
-            self.client.log_batch(self.run_id, params=params)
+            self._log_params(cfg.to_dict())
             self.client.log_text(self.run_id, cfg.to_json(), "config.json")
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._set_tags(tags)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params, each cut to MLflow's length limit (MLflow refuses changing a logged one)."""
+        with_retries(lambda: self._log_params(params), f"logging params of run {self.run_id}")
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        entries = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        for start in range(0, len(entries), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=entries[start : start + MAX_PARAMS_PER_BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -306,9 +239,18 @@ class MlflowTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self._writer.add_task(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
+    def log_artifacts(self, folder: Path | str, artifact_path: str) -> None:
+        """Upload a folder's files under `artifact_path` (now, not in the background)."""
+        self.close()
+        with_retries(
+            lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path),
+            f"uploading {folder} to run {self.run_id}",
+        )
+
     def close(self) -> None:
         """Write everything queued, leaving the run's status as it is."""
         self._writer.close()
+        self._writer = BackgroundWriter(self._write)
 
     def checkpoint_dir(self) -> Path:
         if self.artifact_dir is not None:
@@ -355,22 +297,26 @@ class MlflowTracker:
                 f"logging the {name} model",
                 attempts=3,
             )
-        self._writer = _BackgroundWriter(self._write)
+        self._writer = BackgroundWriter(self._write)
 
-    def set_tags(self, tags: dict[str, str]) -> None:
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        with_retries(lambda: self._set_tags(tags), "tagging the run")
+
+    def _set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         entries = [RunTag(key, str(value)[:MAX_TAG_LENGTH]) for key, value in tags.items()]
-        with_retries(lambda: self.client.log_batch(self.run_id, tags=entries), "tagging the run")
+        self.client.log_batch(self.run_id, tags=entries)
 
     def finish(self, status: str, error: str | None = None) -> None:
+        """Write what is queued, then end the run with `status` (and why, if it failed)."""
         if not self.run_id:
             return  # never created: nothing to mark
         try:
             self._writer.close()
         finally:
             if error is not None:
-                self.set_tags({"error": error})
+                self.set_tags({ERROR_TAG: error})
             with_retries(
                 lambda: self.client.set_terminated(self.run_id, status=status),
                 f"marking run {self.run_id} {status}",

@@ -28,8 +28,8 @@ import torch
 
 from began.config import TrainConfig
 from began.errors import first_line
+from began.learner import build_learner
 from began.models import sample_z
-from began.run import build_run
 from began.step import train_step
 from bench.baseline import baseline_step
 from bench.train_speed import matmul_gflops, measure
@@ -130,11 +130,11 @@ def inception_row(device: torch.device, batch: int) -> None:
 def correctness_rows(device: torch.device, size: int, filters: int, steps: int = 5) -> None:
     """Same weights, data and z: the project's step and the plain loop must agree."""
     cfg = TrainConfig(image_size=size, filters=filters, batch_size=16, seed=3)
-    run = build_run(cfg, device)
+    run = build_learner(cfg, device)
     G, D = copy.deepcopy(run.G), copy.deepcopy(run.D)
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
-    bf16 = build_run(TrainConfig(**{**cfg.to_dict(), "precision": "bf16"}), device)
+    bf16 = build_learner(TrainConfig(**{**cfg.to_dict(), "precision": "bf16"}), device)
     rng = torch.Generator().manual_seed(0)
     k, worst, worst_bf16 = 0.0, 0.0, 0.0
     state, state_bf16 = run.state, bf16.state

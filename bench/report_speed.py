@@ -27,24 +27,27 @@ def build_store(folder: Path, trials: int, steps: int) -> str:
     """A grid study over gamma x seed in folder/optuna.db + folder/mlflow.db; its name."""
     import mlflow
     import optuna
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
+
+    from studies import schema
 
     name = "bench"
     client = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db")
     experiment = client.create_experiment(name, artifact_location=str(folder / "mlruns"))
-    parent = client.create_run(experiment, run_name=name,
-                               tags={"study_name": name, "study_kind": "grid"})  # fmt: skip
+    parent = client.create_run(experiment, run_name=name, tags={
+        schema.STUDY_NAME_TAG: name, schema.STUDY_KIND_TAG: "grid"})  # fmt: skip
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder}/optuna.db")
-    for key, value in {"objectives": ["diversity_gap"], "kind": "grid", "mlflow_experiment":
-                       name, "mlflow_parent_run_id": parent.info.run_id}.items():  # fmt: skip
+    for key, value in {schema.OBJECTIVES_ATTR: ["diversity_gap"], schema.KIND_ATTR: "grid",
+                       schema.EXPERIMENT_ATTR: name,
+                       schema.PARENT_RUN_ATTR: parent.info.run_id}.items():  # fmt: skip
         study.set_user_attr(key, value)
     rng = np.random.default_rng(0)
     gammas = np.linspace(0.3, 0.9, 5)
     for number in range(trials):
         gamma, seed = float(gammas[number % 5]), number // 5
         run = client.create_run(experiment, run_name=f"trial-{number}", tags={
-            "mlflow.parentRunId": parent.info.run_id, "study_name": name,
-            "trial_number": str(number), "trial_state": "COMPLETE"})  # fmt: skip
+            schema.PARENT_RUN_TAG: parent.info.run_id, schema.STUDY_NAME_TAG: name,
+            schema.TRIAL_NUMBER_TAG: str(number), schema.TRIAL_STATE_TAG: "COMPLETE"})  # fmt: skip
         run_id = run.info.run_id
         params = {"gamma": gamma, "seed": seed, "steps": steps, "log_every": 1, "lambda_k": 1e-3}
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -70,14 +73,14 @@ def build_store(folder: Path, trials: int, steps: int) -> str:
         for step in (steps // 2, steps):
             grid = (rng.random((264, 264, 3)) * 255).astype(np.uint8)
             client.log_image(run_id, grid, key="samples", step=step)
-        client.log_batch(run_id, tags=[RunTag("stop_reason", "completed")])
         client.set_terminated(run_id)
         study.add_trial(optuna.create_trial(
             params={"gamma": gamma, "seed": seed},
             distributions={"gamma": optuna.distributions.FloatDistribution(0.0, 1.0),
                            "seed": optuna.distributions.IntDistribution(0, 100)},
-            value=gap, user_attrs={"mlflow_run_id": run_id, "final_metrics": {
-                "step": steps, "m_global": float(series["m_global"][-500:].mean()),
+            value=gap, user_attrs={schema.RUN_ID_ATTR: run_id, schema.FINAL_ATTR: {
+                schema.FINAL_STEP: steps,
+                schema.FINAL_M_GLOBAL: float(series["m_global"][-500:].mean()),
                 "diversity_gap": gap}},
         ))  # fmt: skip
     return name

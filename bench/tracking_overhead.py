@@ -20,8 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from began.config import DEMO_OVERRIDES, TrainConfig
-from began.tracking import MemoryTracker, MlflowTracker
-from began.train import train
+from began.loop import train
+from began.memory_tracker import MemoryTracker
+from began.tracking import MlflowTracker
 
 WARMUP_POINTS = 5  # log points left out at the start of each run
 

@@ -27,8 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from began.config import TrainConfig
 from began.data import BatchSampler
+from began.learner import build_learner, resolve_device
 from began.models import sample_z
-from began.run import build_run, resolve_device
 from began.step import train_step
 from bench.baseline import baseline_step, plain_models
 
@@ -39,7 +39,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def project_loop(cfg: TrainConfig, device: torch.device) -> Callable[[], None]:
-    run = build_run(cfg, device)
+    run = build_learner(cfg, device)
     images = torch.randint(0, 256, (512, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
     sampler = BatchSampler(images.to(device), cfg.batch_size, cfg.seed)
 
@@ -87,7 +87,7 @@ def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> fl
 
 def flop_per_image(cfg: TrainConfig, device: torch.device) -> float:
     """FLOPs of one project step (forward and backward of G and D) per image."""
-    run = build_run(TrainConfig(**{**cfg.to_dict(), "compile": "off"}), device)
+    run = build_learner(TrainConfig(**{**cfg.to_dict(), "compile": "off"}), device)
     x = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1
     z_D, z_G = run.sample_noise()
     with FlopCounterMode(display=False) as counter:

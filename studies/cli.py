@@ -21,26 +21,16 @@ from began.cli import (
     option_flag,
     user_overrides,
 )
-from began.config import DEMO_OVERRIDES, ConfigError, TrainConfig
-from began.run import resolve_device
-from began.tracking import check_tracking_uri, mask_url
+from began.config import DEMO_OVERRIDES, ConfigError, TrainConfig, config_from_options
+from began.learner import resolve_device
+from began.tracking import DEFAULT_TRACKING_URI, check_tracking_uri
+from studies.connection import absolute_sqlite, check_storage_url
 from studies.objectives import resolve_objectives
 from studies.pruning import PRUNERS, HealthRule, make_pruner, pruner_warning
 from studies.runner import WorkerSlot, run_study
-from studies.spec import (
-    DEFAULT_HEARTBEAT_S,
-    DEFAULT_STORAGE,
-    StudySpec,
-    config_fingerprint,
-)
-from studies.storage import SAMPLERS
+from studies.spec import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, StudySpec, config_fingerprint
+from studies.study import SAMPLERS
 from studies.worker import cpu_threads
-
-DEFAULT_TRACKING = "sqlite:///mlflow.db"  # MLflow's own default: what a plain `mlflow ui` reads
-
-# Without --data, a study is the CPU demo: the single-run demo (began/config.py says why
-# its values do not collapse), evaluated three times so the health rule can act.
-STUDY_DEMO_OVERRIDES: dict[str, Any] = {**DEMO_OVERRIDES, "eval_every": 500}
 
 
 class OptionError(ValueError):
@@ -50,7 +40,7 @@ class OptionError(ValueError):
 def build_parser(prog: str, description: str, varied: frozenset[str]) -> argparse.ArgumentParser:
     parser = Parser(prog=prog, description=description, formatter_class=HelpFormatter)
     training = parser.add_argument_group("training options (as began.train; every trial uses them)")
-    add_config_options(training, shown_defaults=STUDY_DEMO_OVERRIDES, skip=varied | {"seed"})
+    add_config_options(training, shown_defaults=DEMO_OVERRIDES, skip=varied | {"seed"})
     study = parser.add_argument_group("study options")
     study.add_argument(
         "--study-name",
@@ -87,7 +77,10 @@ def build_parser(prog: str, description: str, varied: frozenset[str]) -> argpars
         help="Optuna pruner for single-objective studies (README: which pairs make sense)",
     )
     study.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
-    study.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    study.add_argument(
+        "--sampler-seed", type=int, default=0,
+        help="seed of the Optuna sampler (training seeds: --seeds, or seed in --space)",
+    )  # fmt: skip
     study.add_argument(
         "--devices",
         default="auto",
@@ -139,19 +132,11 @@ def build_parser(prog: str, description: str, varied: frozenset[str]) -> argpars
 
 
 def base_config(args: argparse.Namespace) -> TrainConfig:
-    """Paper defaults with --data, the CPU demo study's without; evaluations so pruning acts."""
+    """The config every trial derives from: the options given, over the paper's defaults
+    with --data and the CPU demo's without (`began.config.config_from_options`)."""
     overrides = user_overrides(args)
-    overrides.pop("seed", None)
-    if overrides.get("data"):
-        base = TrainConfig()
-        if "eval_every" not in overrides:
-            steps = overrides.get("steps", base.steps)
-            overrides["eval_every"] = max(1, steps // 10)
-    else:
-        base = TrainConfig(**STUDY_DEMO_OVERRIDES)
-        if "steps" in overrides and "eval_every" not in overrides:
-            overrides["eval_every"] = max(1, overrides["steps"] // 4)
-    return replace(base, **overrides)
+    overrides.pop("seed", None)  # a study's training seeds are its grid's or its space's
+    return config_from_options(overrides)
 
 
 def worker_slots(args: argparse.Namespace) -> list[WorkerSlot]:
@@ -166,8 +151,8 @@ def worker_slots(args: argparse.Namespace) -> list[WorkerSlot]:
         if not devices:
             raise OptionError("--devices: give at least one device, e.g. cpu or cuda:0")
         for device in devices:
-            if device == "auto" or not (device == "cpu" or device.startswith("cuda")):
-                raise OptionError(f"--devices: unknown device {device!r}; use cpu, cuda or cuda:N")
+            if device == "auto":
+                raise OptionError("--devices: auto stands alone; list devices, e.g. cuda:0,cuda:1")
             try:
                 resolve_device(device)
             except (ConfigError, RuntimeError) as error:
@@ -195,6 +180,9 @@ def study_spec(
 ) -> StudySpec:
     """Everything the options say, checked: a StudySpec, or an error naming the option."""
     cfg = base_config(args)
+    if cfg.data and not Path(cfg.data).exists():  # before anything is created for it
+        raise ConfigError(f"data: {cfg.data} does not exist")
+    check_storage_url(args.storage)
     default_objective = "fid" if cfg.data else "diversity"
     objectives, metrics = resolve_objectives(args.objectives or default_objective, cfg.metrics)
     cfg = replace(cfg, metrics=metrics)
@@ -208,7 +196,9 @@ def study_spec(
     warning = pruner_warning(args.pruner, objectives, gamma_varies="gamma" in space)
     if warning:
         print(f"warning: {warning}")
-    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING
+    tracking_uri = (
+        args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    )
     check_tracking_uri(tracking_uri)
     return StudySpec(
         kind=kind,
@@ -220,7 +210,7 @@ def study_spec(
         space=space,
         objectives=tuple(objectives),
         sampler=args.sampler,
-        seed=args.seed,
+        sampler_seed=args.sampler_seed,
         pruner=args.pruner,
         health=health,
         heartbeat_s=args.heartbeat,
@@ -229,29 +219,12 @@ def study_spec(
     )
 
 
-def absolute_sqlite(url: str) -> str:
-    """sqlite:///optuna.db -> sqlite:////abs/path/optuna.db: every worker, and every store
-    cached in this process, then opens the same file whatever its working directory."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        return prefix + str(Path(url[len(prefix) :]).resolve())
-    return url
-
-
 def refuse_varied_options(args: argparse.Namespace, space: dict) -> None:
     """A training option the study varies cannot also be fixed on the command line."""
     for name in space:
-        if name != "seed" and getattr(args, name, None) is not None:  # --seed: the sampler's
+        if getattr(args, name, None) is not None:
             raise OptionError(f"{option_flag(name)}: the study varies {name}; drop the option")
 
 
 def launch(spec: StudySpec, args: argparse.Namespace) -> int:
-    slots = worker_slots(args)
-    hint = "mlflow ui   # in this folder; open http://127.0.0.1:5000"
-    if spec.tracking_uri != absolute_sqlite(DEFAULT_TRACKING):
-        hint = f"mlflow ui --backend-store-uri {mask_url(spec.tracking_uri)}"
-        if spec.tracking_uri.startswith("http"):
-            hint = f"open {mask_url(spec.tracking_uri)}"
-    hint += f" -> experiment {spec.experiment!r} -> Training runs -> {spec.study_name!r}"
-    hint += " (+ opens one run per trial)"
-    return run_study(spec, slots, args.quiet, hint)
+    return run_study(spec, worker_slots(args), args.quiet)

@@ -13,7 +13,6 @@ is `diversity`, which the collapse rule reads.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from began.metrics import (
@@ -24,7 +23,7 @@ from began.metrics import (
     objective_names,
     parse_metrics,
 )
-from began.metrics.registry import MetricRequest, is_objective_name
+from began.metrics.registry import MetricRequest, find_logged, is_objective_name
 
 M_GLOBAL = "m_global"
 
@@ -48,14 +47,12 @@ class Objective:
 
 def _request_for(logged: str) -> MetricRequest | None:
     """The metric request that logs `logged`: "fid_5k" -> fid at 5k, "recon_ssim" -> recon."""
-    count = r"[1-9][0-9]*k?"
-    for name in known_metrics():
-        for template in get_metric(name).logged:
-            pattern = re.escape(template).replace(re.escape("{count}"), count)
-            if re.fullmatch(pattern, logged):
-                item = logged if "{count}" in template and template.endswith("{count}") else name
-                return parse_metrics(item)[0]
-    return None
+    found = find_logged(logged)
+    if found is None:
+        return None
+    spec, template = found
+    item = logged if template.endswith("{count}") else spec.name
+    return parse_metrics(item)[0]
 
 
 def _known_objectives() -> str:

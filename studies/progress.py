@@ -10,17 +10,17 @@ from __future__ import annotations
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from began.tracking import mask_url
+from studies.hints import next_steps
+from studies.queue import is_retry
 from studies.records import best_trials
+from studies.schema import FINAL_ATTR, REASON_ATTR, RETRY_HISTORY_ATTR, RUN_ID_ATTR
 from studies.spec import StudySpec
-from studies.storage import FINAL_ATTR, REASON_ATTR, RUN_ID_ATTR
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -153,28 +153,21 @@ def diversity_verdict(final: dict[str, float], threshold: float) -> str:
     return f"diversity SSIM {ssim:.3f} vs {real:.3f} for real images: {verdict}"
 
 
-def as_typed_here(url: str) -> str:
-    """A storage URL as one would type it in this folder, password masked."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix + "/"):
-        path = Path(url[len(prefix) :])
-        if path.parent == Path.cwd():
-            return prefix + path.name
-    return mask_url(url)
-
-
 def _retried(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:
-    return any(t.system_attrs.get("retry_history", [])[-1:] == [trial.number] for t in trials)
+    return any(
+        is_retry(t) and t.system_attrs.get(RETRY_HISTORY_ATTR, [])[-1:] == [trial.number]
+        for t in trials
+    )
 
 
-def summary(spec: StudySpec, study: optuna.Study, seconds: float, tracking_hint: str) -> str:
-    """What the study found, and what to open next."""
+def summary(spec: StudySpec, study: optuna.Study, seconds: float | None) -> str:
+    """What the study found, and what to open next; `seconds` None: nothing was left to run."""
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
+    ran = "nothing left to run" if seconds is None else f"{seconds:.0f} s this run"
     lines = [
         f"study {spec.study_name}: {len(trials)} trials, {counts[TrialState.COMPLETE]} complete, "
-        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed "
-        f"({seconds:.0f} s this run)"
+        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed ({ran})"
     ]
     best = best_trials(study)
     threshold = spec.health.collapse_ssim
@@ -192,14 +185,7 @@ def summary(spec: StudySpec, study: optuna.Study, seconds: float, tracking_hint:
         lines.append(f"! {n_collapsed} trial(s) ended collapsed (diversity SSIM >= {threshold:g})")
     if not best:
         lines.append("no trial completed yet")
-    lines.append("next:")
-    lines.append(f"  {tracking_hint}")
-    lines.append(f"  optuna-dashboard {as_typed_here(spec.storage)}")
-    report = f"  python -m analysis.report --study {spec.study_name}"
-    if as_typed_here(spec.storage) != "sqlite:///optuna.db":
-        report += f" --storage {as_typed_here(spec.storage)}"
-    lines.append(report + "   # the report: curves, equilibrium, quality, samples")
-    if best:
-        run_id = best[0].user_attrs.get(RUN_ID_ATTR, "RUN_ID")
-        lines.append(f"  python -m began.sample --run {run_id} --out best.png   # 64 new faces")
+    lines.append("next (from this folder):")
+    best_run = best[0].user_attrs.get(RUN_ID_ATTR) if best else None
+    lines += [f"  {line}" for line in next_steps(spec, best_run)]
     return "\n".join(lines)

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import optuna
 
-from began.train import EvalReport
+from began.loop import EvalReport
 from studies.objectives import M_GLOBAL, Objective
 from studies.retry import retrying
+from studies.schema import LAST_EVALUATION_ATTR
 
 PRUNERS = ("none", "median", "hyperband")
 
@@ -126,7 +127,7 @@ class TrialMonitor:
     def __call__(self, report: EvalReport) -> str | None:
         values = {o.logged: o.value(report.m_global, report.metrics) for o in self.objectives}
         shown = {"step": report.step, **{k: v for k, v in values.items() if math.isfinite(v)}}
-        retrying(lambda: self.trial.set_user_attr("last_evaluation", shown))
+        retrying(lambda: self.trial.set_user_attr(LAST_EVALUATION_ATTR, shown))
         reason = self.health.check(report)
         if reason is not None:
             return reason

@@ -10,7 +10,6 @@ this process only draws progress and forwards Ctrl-C.
 from __future__ import annotations
 
 import contextlib
-import logging
 import multiprocessing
 import os
 import signal
@@ -21,107 +20,25 @@ from types import FrameType
 import optuna
 from optuna.trial import TrialState
 
-from began.config import TrainConfig
 from began.data import load_images
 from began.metrics import get_metric, parse_metrics
-from studies.progress import DONE_STATES, StudyProgress, as_typed_here, summary
+from studies.connection import setup_lock
+from studies.hints import as_typed_here
+from studies.progress import DONE_STATES, StudyProgress, summary
+from studies.queue import is_retry
 from studies.records import close_parent_run, open_parent_run
 from studies.retry import retrying
-from studies.spec import GRID, StudySpec
-from studies.storage import (
-    BASE_CONFIG_ATTR,
-    EXPERIMENT_ATTR,
-    OBJECTIVES_ATTR,
-    check_storage_url,
-    open_storage,
-    setup_lock,
-)
+from studies.spec import SEARCH, StudySpec
+from studies.study import StudyError, prepare_study
 from studies.worker import INTERRUPTED_EXIT, worker_main
 
 POLL_S = 2.0  # seconds between looks at the study's state (cheap, but not free on 2 cores)
-
-# Config fields a rerun of a study may change: where and how fast it runs.
-RERUN_MAY_CHANGE = frozenset({"device", "precision", "compile", "channels_last"})
-
-
-class StudyError(ValueError):
-    """The study cannot be (re)started as asked; the message names the option."""
 
 
 @dataclass(frozen=True)
 class WorkerSlot:
     device: str  # "cpu", "cuda:0", ...
     threads: int  # torch threads of this worker
-
-
-def prepare_study(spec: StudySpec) -> optuna.Study:
-    """Create the study (or check a rerun matches it) and queue the grid's missing points."""
-    storage = open_storage(spec)  # creates Optuna's tables, once, here
-    study = optuna.create_study(
-        study_name=spec.study_name,
-        storage=storage,
-        directions=spec.directions,
-        load_if_exists=True,
-    )
-    _check_rerun(spec, study)
-    study.set_user_attr(OBJECTIVES_ATTR, [o.logged for o in spec.objectives])
-    study.set_user_attr(BASE_CONFIG_ATTR, spec.base_config.to_dict())
-    study.set_user_attr(EXPERIMENT_ATTR, spec.experiment)
-    study.set_user_attr("kind", spec.kind)
-    if spec.kind == GRID:
-        queue_grid(spec, study)
-    return study
-
-
-def _check_rerun(spec: StudySpec, study: optuna.Study) -> None:
-    attrs = study.user_attrs
-    if not attrs:
-        return  # a new study
-    objectives = [o.logged for o in spec.objectives]
-    if attrs.get(OBJECTIVES_ATTR) != objectives or study.directions != [
-        optuna.study.StudyDirection[d.upper()] for d in spec.directions
-    ]:
-        raise StudyError(
-            f"--objectives: study {spec.study_name} optimises {attrs.get(OBJECTIVES_ATTR)}, "
-            f"not {objectives}; keep them or choose another --study-name"
-        )
-    saved = TrainConfig.from_dict(attrs.get(BASE_CONFIG_ATTR, {})).to_dict()
-    varied = set(spec.space)
-    changed = [
-        f"{name} {saved[name]!r} -> {value!r}"
-        for name, value in spec.base_config.to_dict().items()
-        if name not in RERUN_MAY_CHANGE | varied and saved.get(name) != value
-    ]
-    if changed:
-        raise StudyError(
-            f"--study-name {spec.study_name}: the study's trials were trained with other "
-            f"options ({'; '.join(changed)}); keep them or choose another --study-name"
-        )
-
-
-def queue_grid(spec: StudySpec, study: optuna.Study) -> int:
-    """Queue each grid point that no trial covers yet; returns how many were queued.
-
-    Queued once, here, before workers start: each point then runs exactly once even
-    with many workers (Optuna's GridSampler could hand one point to two workers).
-    A point whose trial failed with an error is queued again; complete, pruned,
-    running and queued points are not.
-    """
-    covered = []
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
-                           TrialState.WAITING):  # fmt: skip
-            covered.append(trial.system_attrs.get("fixed_params", trial.params))
-    queued = 0
-    for point in spec.grid:
-        if not any(_same_point(point, params) for params in covered):
-            study.enqueue_trial(point)
-            queued += 1
-    return queued
-
-
-def _same_point(point: dict, params: dict) -> bool:
-    return all(k in params and abs(float(params[k]) - float(v)) < 1e-12 for k, v in point.items())
 
 
 def prepare_shared_data(spec: StudySpec, first_device: str) -> None:
@@ -144,8 +61,8 @@ def prepare_shared_data(spec: StudySpec, first_device: str) -> None:
 def _real_statistics(spec: StudySpec, device_name: str) -> None:
     import torch
 
+    from began.learner import resolve_device
     from began.metrics.real_stats import real_statistics
-    from began.run import resolve_device
 
     cfg = spec.base_config
     dataset = load_images(cfg.data, cfg.image_size, cfg.crop, cfg.keep_grayscale, spec.cache_dir)
@@ -195,32 +112,40 @@ class _ParentSignals:
                     os.kill(process.pid, signal.SIGTERM)
 
 
-def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool, tracking_hint: str) -> int:
-    """Run the study to its end (or Ctrl-C); returns the exit code (0, 1 or 130)."""
+def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool) -> int:
+    """Run the study to its end (or Ctrl-C); returns the exit code (0, 1 or 130).
+
+    Nothing is created before every input has been checked: the data loads (and its
+    feature statistics are computed) before the study or its MLflow run exist.
+    """
     started = time.monotonic()
     # The study prints where to look at the end; MLflow's own "View run at" lines, printed
     # by every worker for every run on an http tracking server, would bury the display.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # same, per download
+    # "Creating initial MLflow database tables..." is noise here. MLflow sets its loggers'
+    # level when it is first imported, from this variable; the workers inherit it.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "creating tables ..." is noise here
-    check_storage_url(spec)
+    prepare_shared_data(spec, slots[0].device)
     with setup_lock(spec):  # other hosts starting this study now wait here
         study = prepare_study(spec)
-        parent_run_id = open_parent_run(spec, study)
-    prepare_shared_data(spec, slots[0].device)
+        if not _has_work(spec, study):
+            print(summary(spec, study, None), flush=True)
+            return 0
+        parent = open_parent_run(spec, study)
     done = {t.number for t in study.get_trials(deepcopy=False) if t.state in DONE_STATES}
     print(
         f"study {spec.study_name}: {len(slots)} worker(s) on "
         f"{', '.join(sorted({s.device for s in slots}))}; storage {as_typed_here(spec.storage)}; "
-        f"MLflow experiment {spec.experiment!r}, study run {parent_run_id}",
+        f"MLflow experiment {spec.experiment!r}, study run {parent.run_id}",
         flush=True,
     )
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
     processes = [
         context.Process(
             target=worker_main,
-            args=(spec, index, slot.device, slot.threads, parent_run_id),
+            args=(spec, index, slot.device, slot.threads, parent.run_id),
             name=f"study-worker-{index}",
         )
         for index, slot in enumerate(slots)
@@ -243,8 +168,8 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool, tracking_hi
         status = "KILLED"
     elif crashed and _unfinished(study):
         status = "FAILED"
-    retrying(lambda: close_parent_run(spec, study, parent_run_id, status))
-    print(summary(spec, study, time.monotonic() - started, tracking_hint), flush=True)
+    retrying(lambda: close_parent_run(spec, study, parent, status))
+    print(summary(spec, study, time.monotonic() - started), flush=True)
     if interrupted:
         print(f"stopped; run the same command again to continue study {spec.study_name}")
         return INTERRUPTED_EXIT
@@ -252,6 +177,18 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool, tracking_hi
         print(f"{len(crashed)} worker(s) died (exit codes {crashed}); rerun to continue")
         return 1
     return 0
+
+
+def _has_work(spec: StudySpec, study: optuna.Study) -> bool:
+    """Whether a worker would find anything to do: a queued or running trial (a running
+    one may be a dead worker's, to retry), or room for new trials in a search."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
+        return True
+    if spec.kind == SEARCH:
+        new = sum(1 for t in trials if not is_retry(t))
+        return spec.n_trials is None or new < spec.n_trials
+    return False
 
 
 def _unfinished(study: optuna.Study) -> bool:

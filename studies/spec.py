@@ -18,6 +18,9 @@ from studies.objectives import Objective
 from studies.pruning import HealthRule
 
 GRID, SEARCH = "grid", "search"
+# Config fields a rerun of a study may change: where and how fast it runs, not what it
+# computes. They are also left out of the default study name.
+RERUN_MAY_CHANGE = frozenset({"device", "precision", "compile", "channels_last"})
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_HEARTBEAT_S = 30  # a trial whose worker is silent for 2x this is retried
 
@@ -33,7 +36,7 @@ class StudySpec:
     space: dict[str, BaseDistribution]  # the params each trial suggests
     objectives: tuple[Objective, ...]
     sampler: str = "tpe"
-    seed: int = 0  # the sampler's seed; worker i samples with seed + i
+    sampler_seed: int = 0  # worker i samples with sampler_seed + i
     pruner: str = "none"
     health: HealthRule = field(default_factory=HealthRule)
     grid: tuple[dict[str, Any], ...] = ()  # GRID: the points, in order
@@ -55,6 +58,6 @@ class StudySpec:
 def config_fingerprint(cfg: TrainConfig, varied: set[str]) -> str:
     """A short hash of the training options a study holds fixed (not the varied params,
     nor how fast or where it runs): the default study name depends on it."""
-    ignored = varied | {"device", "precision", "compile", "channels_last"}
+    ignored = varied | RERUN_MAY_CHANGE
     fixed = {k: v for k, v in cfg.to_dict().items() if k not in ignored}
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:8]

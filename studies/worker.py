@@ -14,7 +14,6 @@ run KILLED and re-queues the trial, so a rerun continues it from its checkpoint.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -26,25 +25,21 @@ from types import FrameType
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from began.errors import first_line
-from began.train import TrainingInterrupted
-from studies.objective import run_trial
+from began.errors import first_line, one_line
+from began.loop import TrainingInterrupted
+from began.tracking import MlflowTracker
 from studies.optuna_private import storage_of, trial_id_of
+from studies.queue import claim_queued_trial, heartbeat, is_retry, new_trial, requeue
 from studies.records import record_trial_end
 from studies.retry import retrying
+from studies.schema import ERROR_FILE, REASON_ATTR, RUN_ID_ATTR
 from studies.spec import SEARCH, StudySpec
-from studies.storage import (
-    REASON_ATTR,
-    RUN_ID_ATTR,
-    claim_queued_trial,
-    heartbeat,
-    is_retry,
-    load_study,
-    new_trial,
-    requeue,
-)
+from studies.study import load_study
+from studies.trial import run_trial
 
 INTERRUPTED_EXIT = 130
+# A worker with nothing to take looks again after at most this long (or half a heartbeat).
+IDLE_POLL_S = 5.0
 _WAIT = object()  # next_trial: nothing to take now, but a running trial may need a retry
 
 
@@ -71,7 +66,7 @@ def worker_main(spec: StudySpec, index: int, device: str, threads: int, parent_r
 
     torch.set_num_threads(threads)  # N workers on one CPU must not oversubscribe its cores
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"  # read when MLflow is first imported, below
     warnings.filterwarnings("ignore")  # a library's warning would scramble the study display
     stop = _StopRequest()
     stop.install()
@@ -83,7 +78,7 @@ def worker_main(spec: StudySpec, index: int, device: str, threads: int, parent_r
             if trial is None:
                 break
             if trial is _WAIT:
-                time.sleep(min(5.0, spec.heartbeat_s / 2))
+                time.sleep(min(IDLE_POLL_S, spec.heartbeat_s / 2))
                 continue
             assert isinstance(trial, optuna.Trial)
             with heartbeat(study, trial, spec.heartbeat_s):
@@ -185,16 +180,15 @@ MAX_REASON_LENGTH = 1000
 
 def _fail(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, error: Exception) -> None:
     """An exception fails this trial only: recorded with the error, the study goes on."""
-    reason = " ".join(f"{type(error).__name__}: {error}".split())[:MAX_REASON_LENGTH]
+    reason = one_line(f"{type(error).__name__}: {error}")[:MAX_REASON_LENGTH]
     retrying(lambda: trial.set_user_attr(REASON_ATTR, reason))
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if run_id:
         try:
-            from began.tracking import MlflowTracker
-
             tracker = MlflowTracker(spec.tracking_uri, run_id=run_id, run_option="trial run")
             record_trial_end(tracker, TrialState.FAIL, None, reason, 0)
-            tracker.client.log_text(run_id, traceback.format_exc(), "error.txt")
+            tracker.log_text(traceback.format_exc(), ERROR_FILE)
+            tracker.close()
         except Exception:
             pass  # the Optuna record below is the one that must be written
     retrying(lambda: _tell(study, trial, state=TrialState.FAIL))

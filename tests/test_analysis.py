@@ -3,6 +3,7 @@ waiting trials), checked against the MLflow and Optuna records they come from.""
 
 import base64
 import io
+import math
 import re
 import signal
 
@@ -13,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-import began.train as train_module
+import began.loop as train_module
 import studies.worker as worker_module
-from analysis import export, load_history, load_runs, report
+from analysis import export, load_history, load_runs, report, sections
 from analysis.history import list_images
+from analysis.sections import ReportInputs
 from began.cli import run_cli
 from studies.records import open_parent_run
-from studies.runner import prepare_study
+from studies.study import prepare_study
 from tests.test_studies import tiny_spec
 
 NAME = "report"
@@ -54,7 +56,7 @@ def folder(tmp_path_factory):
         patch.setattr(train_module, "train_step", faulty_step(train_module.train_step))
         spec = spec_in(folder)
         study = prepare_study(spec)
-        parent = open_parent_run(spec, study)
+        parent = open_parent_run(spec, study).run_id
         with pytest.raises(SystemExit):
             worker_module.worker_main(spec, 0, "cpu", 1, parent)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -196,3 +198,51 @@ def test_unknown_names_are_one_line_errors(here, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err
     assert not (here / "missing.db").exists()
+
+
+def built_inputs(runs: pd.DataFrame, history: pd.DataFrame) -> ReportInputs:
+    return ReportInputs(runs, history, study=None, tracking_uri="", window_steps=2)
+
+
+def test_equilibrium_ratio_and_verdict_match_hand_computed_values():
+    steps = list(range(1, 11))
+    real = [s / 10 for s in steps]  # 0.1 .. 1.0; the last rolling mean (2 steps) is 0.95
+    rows = []
+    for run_id, fake in (("a", [0.5 * r for r in real]), ("b", [0.2] * 10)):
+        rows += [(run_id, "loss_real", s, r) for s, r in zip(steps, real, strict=True)]
+        rows += [(run_id, "loss_fake", s, f) for s, f in zip(steps, fake, strict=True)]
+    history = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b"],
+            "trial": [0, 1],
+            "state": ["COMPLETE"] * 2,
+            "gamma": [0.5, 0.7],
+            "log_every": [1, 1],
+            "current": [True, True],
+        }
+    )
+    table = sections.equilibrium(built_inputs(runs, history)).table.set_index("trial")
+    assert table.loc[0, "loss_real"] == pytest.approx(0.95)
+    assert table.loc[0, "fake_over_real"] == pytest.approx(0.5)
+    assert table.loc[0, "off_by"] == pytest.approx(0.0, abs=1e-12)
+    assert table.loc[0, "at_equilibrium"] == "yes"
+    assert table.loc[1, "fake_over_real"] == pytest.approx(0.2 / 0.95)
+    assert table.loc[1, "off_by"] == pytest.approx(abs(0.2 / 0.95 - 0.7) / 0.7)
+    assert table.loc[1, "at_equilibrium"] == "no"
+
+
+def test_spearman_rho_of_m_global_against_fid_matches_hand_computed_values():
+    # FID ranks 1, 3, 2, 4 against M_global ranks 1..4: rho = 1 - 6 * 2 / (4 * 15) = 0.8;
+    # within gamma 0.5 (n = 3): 1 - 6 * 2 / (3 * 8) = 0.5; gamma 0.7 has one trial: no rho.
+    runs = pd.DataFrame({
+        "run_id": list("abcd"), "trial": [0, 1, 2, 3], "state": ["COMPLETE"] * 4,
+        "gamma": [0.5, 0.5, 0.5, 0.7], "current": [True] * 4,
+        "final_m_global_mean": [1.0, 2.0, 3.0, 4.0], "final_fid_1k": [10.0, 30.0, 20.0, 40.0],
+    })  # fmt: skip
+    empty = pd.DataFrame(columns=["run_id", "key", "step", "value"])
+    table = sections.mglobal_vs_quality(built_inputs(runs, empty)).table.set_index("group")
+    assert table.loc["all", "n"] == 4
+    assert table.loc["all", "spearman_rho"] == pytest.approx(0.8)
+    assert table.loc["gamma=0.5", "spearman_rho"] == pytest.approx(0.5)
+    assert table.loc["gamma=0.7", "n"] == 1 and math.isnan(table.loc["gamma=0.7", "spearman_rho"])

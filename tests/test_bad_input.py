@@ -10,8 +10,8 @@ from analysis import export, report
 from began import evaluate, sample
 from began import train as train_cli
 from began.cli import run_cli
-from began.tracking import MemoryTracker
-from began.train import train
+from began.loop import train
+from began.memory_tracker import MemoryTracker
 from studies import gamma_sweep, search
 from tests.test_train import tiny
 

@@ -7,13 +7,13 @@ import torch
 
 from began.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from began.config import TrainConfig
-from began.run import build_run, restore, snapshot
+from began.learner import build_learner, restore, snapshot
 
 CFG = TrainConfig(image_size=16, filters=4, hidden=8, repeat=1, batch_size=4, lr_window=3)
 
 
 def test_round_trip_restores_every_part(tmp_path):
-    run = build_run(CFG, torch.device("cpu"))
+    run = build_learner(CFG, torch.device("cpu"))
     run.state.k.fill_(0.25)
     run.state.step = 7
     run.schedule.lr = 3e-5
@@ -23,7 +23,7 @@ def test_round_trip_restores_every_part(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint(path, snapshot(run, "fingerprint-1"))
 
-    fresh = build_run(CFG, torch.device("cpu"))
+    fresh = build_learner(CFG, torch.device("cpu"))
     checkpoint = load_checkpoint(path)
     assert checkpoint.dataset_fingerprint == "fingerprint-1"
     assert checkpoint.config == CFG
@@ -37,7 +37,7 @@ def test_round_trip_restores_every_part(tmp_path):
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    run = build_run(CFG, torch.device("cpu"))
+    run = build_learner(CFG, torch.device("cpu"))
     path = tmp_path / "last.pt"
     save_checkpoint(path, snapshot(run, "fp"))
     before = path.read_bytes()
@@ -55,7 +55,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
-    run = build_run(CFG, torch.device("cpu"))
+    run = build_learner(CFG, torch.device("cpu"))
     path = tmp_path / "last.pt"
     save_checkpoint(path, snapshot(run, "fp"))
     path.write_bytes(path.read_bytes()[:1000])
@@ -85,9 +85,9 @@ def test_loading_never_unpickles_arbitrary_objects(tmp_path, capsys):
 def test_restoring_a_different_model_is_refused(tmp_path):
     from began.config import ConfigError
 
-    run = build_run(CFG, torch.device("cpu"))
+    run = build_learner(CFG, torch.device("cpu"))
     path = tmp_path / "last.pt"
     save_checkpoint(path, snapshot(run, "fp"))
-    other = build_run(TrainConfig(**{**CFG.to_dict(), "gamma": 0.7}), torch.device("cpu"))
+    other = build_learner(TrainConfig(**{**CFG.to_dict(), "gamma": 0.7}), torch.device("cpu"))
     with pytest.raises(ConfigError, match="gamma"):
         restore(other, load_checkpoint(path))

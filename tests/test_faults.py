@@ -9,8 +9,8 @@ import pytest
 
 import began.checkpoint as checkpoint_module
 from began.checkpoint import PREVIOUS_NAME, CheckpointError, load_checkpoint
-from began.tracking import MemoryTracker
-from began.train import train
+from began.loop import train
+from began.memory_tracker import MemoryTracker
 from tests.test_train import tiny
 
 

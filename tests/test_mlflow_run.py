@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import began.train as train_module
+import began.loop as train_module
 from began import evaluate, sample
 from began.cli import run_cli
 from began.train import main
@@ -115,8 +115,12 @@ def test_sample_writes_grids_and_walks(store, tmp_path):
     main(tiny_args("--steps", "4"))
     run_id = only_run(store).info.run_id
     out = sample.main(["--run", run_id, "--num", "9", "--out", str(tmp_path / "grid.png")])
-    assert Image.open(out).size == (3 * 18 + 2, 3 * 18 + 2)  # 3x3 tiles of 16 px + 2 px padding
-    walk = sample.main(["--run", run_id, "--num", "12", "--interpolate", "slerp",
+    # 3x3 tiles of 16 px + 2 px padding, upscaled x18 to ~1,000 px as the logged grids are
+    assert Image.open(out).size == (18 * (3 * 18 + 2), 18 * (3 * 18 + 2))
+    native = sample.main(["--run", run_id, "--num", "9", "--width", "0",
+                          "--out", str(tmp_path / "native.png")])  # fmt: skip
+    assert Image.open(native).size == (3 * 18 + 2, 3 * 18 + 2)
+    walk = sample.main(["--run", run_id, "--num", "12", "--interpolate", "slerp", "--width", "0",
                         "--walk-length", "6", "--out", str(tmp_path / "walk.png")])  # fmt: skip
     pixels = np.asarray(Image.open(walk))
     assert pixels.shape == (2 * 18 + 2, 6 * 18 + 2, 3)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import began.train as train_module
+import began.loop as train_module
 import studies.worker as worker_module
 from began.checkpoint import load_checkpoint
 from studies import gamma_sweep, search
@@ -24,9 +24,9 @@ from studies.cli import base_config, build_parser
 from studies.objectives import resolve_objectives
 from studies.pruning import HealthRule
 from studies.records import open_parent_run
-from studies.runner import prepare_study
 from studies.space import grid_points, grid_space
 from studies.spec import GRID, StudySpec
+from studies.study import prepare_study
 
 TINY = [
     "--image-size", "16", "--filters", "4", "--hidden", "8", "--repeat", "1",
@@ -108,7 +108,8 @@ def test_four_workers_on_fresh_storage_all_start(in_folder):
 def test_search_params_land_in_optuna_and_mlflow(in_folder, tiny_network):
     args = [*TINY, *SHORT, "--space", "gamma=0.3:0.8,lambda_k=1e-4:1e-2:log,adam_beta1=0.5,0.9",
             "--n-trials", "3", "--workers", "1", "--objectives", "fid_8,m_global",
-            "--feature-network", str(tiny_network), "--study-name", "s", "--seed", "3"]  # fmt: skip
+            "--feature-network", str(tiny_network), "--study-name", "s",
+            "--sampler-seed", "3"]  # fmt: skip
     assert search.main(args) == 0
     done = trials(in_folder, "s")
     assert len(done) == 3 and all(t.state == TrialState.COMPLETE for t in done)
@@ -149,7 +150,7 @@ def tiny_spec(folder, name, gammas, objectives="diversity", steps=8, extra=()):
 def run_worker_here(spec):
     """A worker's loop in this process, so that a test can patch what it runs."""
     study = prepare_study(spec)
-    parent = open_parent_run(spec, study)
+    parent = open_parent_run(spec, study).run_id
     with pytest.raises(SystemExit) as exit_info:
         worker_module.worker_main(spec, 0, "cpu", 1, parent)
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -3,6 +3,7 @@ URL masking and the one-line errors of bad study options."""
 
 import math
 import time
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -10,12 +11,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from began.cli import run_cli
 from began.config import TrainConfig
+from began.loop import EvalReport
 from began.tracking import mask_url
-from began.train import EvalReport
 from studies import gamma_sweep, search
 from studies.objectives import ObjectiveError, resolve_objectives
 from studies.pruning import HealthRule, HealthState, PrunerError, make_pruner, pruner_warning
-from studies.runner import prepare_study
 from studies.space import (
     SpaceError,
     grid_points,
@@ -25,7 +25,7 @@ from studies.space import (
     parse_space,
 )
 from studies.spec import GRID, SEARCH, StudySpec
-from studies.storage import load_study
+from studies.study import StudyError, load_study, prepare_study
 from studies.worker import _may_start_new
 
 
@@ -112,7 +112,9 @@ def test_health_rule_stops_nan_rising_and_collapsed_trials():
 
 
 def test_pruners_and_the_pairing_that_prunes_on_gamma():
-    assert make_pruner("median", 1) is not None
+    assert isinstance(make_pruner("median", 1), optuna.pruners.MedianPruner)
+    assert isinstance(make_pruner("hyperband", 1), optuna.pruners.HyperbandPruner)
+    assert isinstance(make_pruner("none", 2), optuna.pruners.NopPruner)
     with pytest.raises(PrunerError, match="multi-objective"):
         make_pruner("median", 2)
     with pytest.raises(PrunerError, match="unknown pruner"):
@@ -136,6 +138,8 @@ def test_passwords_are_masked():
     ("main", "args", "message"),
     [
         (gamma_sweep.main, ["--gammas", "0.5,1.5"], "--gammas: "),
+        (gamma_sweep.main, ["--data", "/nonexistent/faces"], "--data: "),
+        (gamma_sweep.main, ["--sampler-seed", "x"], "argument --sampler-seed: "),
         (gamma_sweep.main, ["--seeds", "0"], "--seeds: "),
         (gamma_sweep.main, ["--image-size", "48"], "--image-size: "),
         (gamma_sweep.main, ["--steps", "0"], "--steps: "),
@@ -163,6 +167,7 @@ def test_bad_study_options_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and "\n" not in err, err
     assert not (tmp_path / "optuna.db").exists()  # refused before any work started
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
 
 def test_a_search_stops_asking_at_n_trials_or_its_timeout():
@@ -193,3 +198,28 @@ def test_workers_get_the_study_s_pruner_not_optuna_s_default(tmp_path, pruner, k
     )  # fmt: skip
     prepare_study(spec)
     assert type(load_study(spec).pruner).__name__ == kind
+
+
+def test_rerunning_a_study_with_other_training_options_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = StudySpec(
+        kind=GRID, study_name="same", storage=f"sqlite:///{tmp_path}/optuna.db",
+        tracking_uri="", experiment="same", base_config=TrainConfig(steps=100),
+        space=grid_space(), objectives=tuple(resolve_objectives("diversity", "")[0]),
+        grid=tuple(grid_points([0.5], [0])),
+    )  # fmt: skip
+    prepare_study(spec)
+    prepare_study(replace(spec, base_config=TrainConfig(steps=100, device="cpu")))  # where: fine
+    with pytest.raises(StudyError, match=r"^--study-name same: .*steps 100 -> 200"):
+        prepare_study(replace(spec, base_config=TrainConfig(steps=200)))
+    other = tuple(resolve_objectives("m_global", "")[0])
+    with pytest.raises(StudyError, match=r"^--objectives: study same optimises"):
+        prepare_study(replace(spec, objectives=other))
+    # From the command line: one line, exit 2, and the study keeps its one trial.
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(gamma_sweep.main, ["--study-name", "same", "--gammas", "0.5", "--steps", "300"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --study-name same: ") and "\n" not in err, err
+    study = optuna.load_study(study_name="same", storage=spec.storage)
+    assert len(study.get_trials()) == 1

@@ -7,11 +7,12 @@ import signal
 import pytest
 import torch
 
-import began.train as train_module
+import began.loop as train_module
 from began.checkpoint import load_checkpoint
 from began.config import TrainConfig
-from began.tracking import FAILED, FINISHED, KILLED, MemoryTracker
-from began.train import EvalReport, TrainingDiverged, TrainingInterrupted, train
+from began.loop import EvalReport, TrainingDiverged, TrainingInterrupted, train
+from began.memory_tracker import MemoryTracker
+from began.tracking import FAILED, FINISHED, KILLED
 
 TINY = TrainConfig(
     data="",  # the built-in faces

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from began.data.imageset import one_line
+from began.errors import one_line
 
 log = logging.getLogger("began.data")
 

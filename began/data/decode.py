@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from began.data.crop import CropSpec, crop_box
-from began.data.imageset import one_line
+from began.errors import one_line
 
 MIN_SIDE = 16  # images whose shorter side is smaller are skipped: nothing to learn from them
 GRAY_RECHECK_TOL = 8  # max |R-G|, |G-B| of a draft decode that triggers an exact full decode

@@ -11,11 +11,6 @@ if TYPE_CHECKING:
 BUILTIN_SOURCE = "builtin:skimage.lfw_subset"
 
 
-def one_line(error: object) -> str:
-    """An exception's text on one line (some, like tarfile's, span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 class DataError(ValueError):
     """The data source cannot be used; the one-line message names the path or option."""
 

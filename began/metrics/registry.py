@@ -175,14 +175,24 @@ def quality_name_prefixes() -> list[str]:
     return list(dict.fromkeys(prefixes))
 
 
+def find_logged(logged_name: str) -> tuple[MetricSpec, str] | None:
+    """The metric that logs `logged_name` and the template it matches ("fid_5k" ->
+    fid, "fid_{count}"), or None."""
+    count_pattern = r"[1-9][0-9]*k?"
+    for spec in _REGISTRY.values():
+        for template in spec.logged:
+            pattern = re.escape(template).replace(re.escape("{count}"), count_pattern)
+            if re.fullmatch(pattern, logged_name):
+                return spec, template
+    return None
+
+
 def metric_direction(logged_name: str) -> str:
     """ "minimize" or "maximize" for a logged name ("fid_5k", "recon_psnr", "m_global", ...)."""
     if logged_name in _EXTRA_DIRECTIONS:
         return _EXTRA_DIRECTIONS[logged_name]
-    count_pattern = r"[1-9][0-9]*k?"
-    for spec in _REGISTRY.values():
-        for template, direction in spec.logged.items():
-            pattern = re.escape(template).replace(re.escape("{count}"), count_pattern)
-            if re.fullmatch(pattern, logged_name):
-                return direction
-    raise ValueError(f"metric_direction: unknown logged metric name {logged_name!r}")
+    found = find_logged(logged_name)
+    if found is None:
+        raise ValueError(f"metric_direction: unknown logged metric name {logged_name!r}")
+    spec, template = found
+    return spec.logged[template]

@@ -1,7 +1,7 @@
 """One trial, as optuna-examples would write it: trial -> config -> train -> values.
 
 Everything around it (which trial to run, heartbeats, telling Optuna, retries)
-lives in `studies.worker`.
+lives in `studies.worker`; the objectives' names and directions in `studies.objectives`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from dataclasses import dataclass, replace
 import optuna
 from optuna.trial import TrialState
 
+from began.loop import TrainingDiverged, TrainResult, train
 from began.tracking import MlflowTracker
-from began.train import TrainingDiverged, TrainResult, train
 from studies.pruning import TrialMonitor
 from studies.records import trial_tracker
 from studies.retry import retrying
+from studies.schema import FINAL_ATTR, FINAL_M_GLOBAL, FINAL_STEP, RUN_ID_ATTR
 from studies.space import suggest
 from studies.spec import StudySpec
-from studies.storage import FINAL_ATTR, RUN_ID_ATTR
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ def run_trial(
 
 
 def _record_final(trial: optuna.Trial, result: TrainResult) -> None:
-    final = {"step": result.step, "m_global": result.final.m_global, **result.final.metrics}
+    final = {FINAL_STEP: result.step, FINAL_M_GLOBAL: result.final.m_global,
+             **result.final.metrics}  # fmt: skip
     finite = {k: v for k, v in final.items() if math.isfinite(v)}
     retrying(lambda: trial.set_user_attr(FINAL_ATTR, finite))

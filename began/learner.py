@@ -1,9 +1,9 @@
-"""The live objects of a training run: build them from a config, save and restore them."""
+"""The live objects of a training run (a `Learner`): build them from a config, save and
+restore them. `build_networks` is the one place that turns a config into G and D."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from began.checkpoint import Checkpoint
-from began.config import ConfigError, TrainConfig
+from began.config import ConfigError, TrainConfig, check_device_name
 from began.models import Discriminator, Generator, sample_z
 from began.schedule import PlateauHalving
 from began.step import TrainState
 
-DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?")
 FIXED_Z_SEED_OFFSET = 7919  # the sample-grid z is drawn apart from the training z
 
 # Fields that may differ between a checkpoint and the config that resumes it:
@@ -30,10 +29,9 @@ RESUMABLE_CHANGES = frozenset(
 
 def resolve_device(name: str) -> torch.device:
     """`auto` picks the first GPU when there is one; a GPU that is not there is an error."""
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not DEVICE_PATTERN.fullmatch(name):
-        raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {name!r}")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -45,7 +43,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
-class Run:
+class Learner:
+    """G and D with their optimizers, k and the step, the lr schedule and the z streams:
+    everything a training step reads and changes."""
+
     cfg: TrainConfig
     device: torch.device
     G: nn.Module
@@ -79,8 +80,8 @@ def _compiled(module: nn.Module, mode: str) -> nn.Module:
     return module if mode == "off" else torch.compile(module, mode=mode)
 
 
-def build_run(cfg: TrainConfig, device: torch.device) -> Run:
-    """Fresh models, optimizers and state, initialised from cfg.seed alone."""
+def build_networks(cfg: TrainConfig) -> tuple[Generator, Discriminator]:
+    """G and D of the config's architecture on the CPU, initialised from cfg.seed alone."""
     shape = dict(
         image_size=cfg.image_size,
         filters=cfg.filters,
@@ -91,13 +92,26 @@ def build_run(cfg: TrainConfig, device: torch.device) -> Run:
     # Weight init uses the global RNG; fork it so one run never shifts the next one's draws.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        G, D = Generator(**shape), Discriminator(**shape)
+        return Generator(**shape), Discriminator(**shape)
+
+
+def load_networks(checkpoint: Checkpoint, device: torch.device) -> tuple[Generator, Discriminator]:
+    """A checkpoint's G and D on `device`, in eval mode: for sampling and scoring."""
+    G, D = build_networks(checkpoint.config)
+    G.load_state_dict(checkpoint.generator)
+    D.load_state_dict(checkpoint.discriminator)
+    return G.to(device).eval(), D.to(device).eval()
+
+
+def build_learner(cfg: TrainConfig, device: torch.device) -> Learner:
+    """Fresh models, optimizers and state, initialised from cfg.seed alone."""
+    G, D = build_networks(cfg)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     G = G.to(device, memory_format=memory_format)
     D = D.to(device, memory_format=memory_format)
     z_rng = torch.Generator(device).manual_seed(cfg.seed)
     fixed_rng = torch.Generator().manual_seed(cfg.seed + FIXED_Z_SEED_OFFSET)
-    return Run(
+    return Learner(
         cfg=cfg,
         device=device,
         G=G,
@@ -114,26 +128,25 @@ def build_run(cfg: TrainConfig, device: torch.device) -> Run:
 
 
 def snapshot(
-    run: Run,
+    learner: Learner,
     dataset_fingerprint: str,
-    eval_sum: float = 0.0,
-    eval_count: int = 0,
+    eval_window: dict[str, Any] | None = None,
     last_eval: dict[str, Any] | None = None,
 ) -> Checkpoint:
+    """The learner's state, plus the loop's evaluation window and last evaluation."""
     return Checkpoint(
-        config=run.cfg,
-        step=run.state.step,
-        k=float(run.state.k.item()),
-        generator=run.G.state_dict(),
-        discriminator=run.D.state_dict(),
-        optimizer_G=run.opt_G.state_dict(),
-        optimizer_D=run.opt_D.state_dict(),
-        schedule=run.schedule.state_dict(),
-        z_rng_state=run.z_rng.get_state(),
+        config=learner.cfg,
+        step=learner.state.step,
+        k=float(learner.state.k.item()),
+        generator=learner.G.state_dict(),
+        discriminator=learner.D.state_dict(),
+        optimizer_G=learner.opt_G.state_dict(),
+        optimizer_D=learner.opt_D.state_dict(),
+        schedule=learner.schedule.state_dict(),
+        z_rng_state=learner.z_rng.get_state(),
         dataset_fingerprint=dataset_fingerprint,
-        z_rng_device=run.device.type,
-        eval_sum=eval_sum,
-        eval_count=eval_count,
+        z_rng_device=learner.device.type,
+        eval_window=eval_window or {},
         last_eval=last_eval,
     )
 
@@ -156,25 +169,26 @@ def _resume_seed(seed: int, step: int) -> int:
     return int.from_bytes(digest, "little") >> 1  # manual_seed wants a non-negative int64
 
 
-def restore(run: Run, checkpoint: Checkpoint) -> None:
-    """Put a run back exactly where the checkpoint left it."""
-    check_resumable(checkpoint.config, run.cfg)
-    run.G.load_state_dict(checkpoint.generator)
-    run.D.load_state_dict(checkpoint.discriminator)
-    run.opt_G.load_state_dict(checkpoint.optimizer_G)
-    run.opt_D.load_state_dict(checkpoint.optimizer_D)
-    run.schedule.load_state_dict(checkpoint.schedule)
-    run.schedule.apply(run.opt_G, run.opt_D)
-    if checkpoint.z_rng_device == run.device.type:
-        run.z_rng.set_state(checkpoint.z_rng_state)
+def restore(learner: Learner, checkpoint: Checkpoint) -> None:
+    """Put a learner back exactly where the checkpoint left it."""
+    check_resumable(checkpoint.config, learner.cfg)
+    learner.G.load_state_dict(checkpoint.generator)
+    learner.D.load_state_dict(checkpoint.discriminator)
+    learner.opt_G.load_state_dict(checkpoint.optimizer_G)
+    learner.opt_D.load_state_dict(checkpoint.optimizer_D)
+    learner.schedule.load_state_dict(checkpoint.schedule)
+    learner.schedule.apply(learner.opt_G, learner.opt_D)
+    device = learner.device
+    if checkpoint.z_rng_device == device.type:
+        learner.z_rng.set_state(checkpoint.z_rng_state)
     else:
         # A CPU generator state cannot drive a CUDA generator (nor the reverse). Weights,
         # optimizers, k and step carry over; z continues from a stream derived from
         # (seed, step) instead, and the run says so.
-        run.z_rng.manual_seed(_resume_seed(run.cfg.seed, checkpoint.step))
+        learner.z_rng.manual_seed(_resume_seed(learner.cfg.seed, checkpoint.step))
         warnings.warn(
-            f"resuming a {checkpoint.z_rng_device} checkpoint on {run.device.type}: the z "
+            f"resuming a {checkpoint.z_rng_device} checkpoint on {device.type}: the z "
             f"stream restarts from (seed, step {checkpoint.step}); not bit-exact",
             stacklevel=2,
         )
-    run.state = TrainState(k=torch.tensor(checkpoint.k, device=run.device), step=checkpoint.step)
+    learner.state = TrainState(k=torch.tensor(checkpoint.k, device=device), step=checkpoint.step)

@@ -1,0 +1,159 @@
+"""Where a study's records live: the storage URL, its SQLAlchemy engine and the locks that
+serialise what the database itself cannot (study set-up across hosts, taking trials on
+SQLite).
+
+Heartbeats: every running trial's worker writes a heartbeat; a trial silent for longer
+than the grace period (its worker was killed, its machine lost power) is failed by the
+next worker that looks, and `RetryHeartbeatStaleTrialCallback` queues a copy of it with
+the same params and user attributes, `mlflow_run_id` among them, so the retry
+continues the same MLflow run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+
+from began.errors import first_line
+from began.tracking import mask_url
+from studies.spec import StudySpec
+
+# How long a MySQL study set-up waits for another host's set-up to finish, in seconds.
+MYSQL_LOCK_WAIT_S = 600
+SQLITE_BUSY_WAIT_S = 60  # a worker waits this long for another process's write to the file
+POSTGRES_CONNECT_TIMEOUT_S = 10  # an unreachable server: a clear error, soon
+SQLITE_PREFIX = "sqlite:///"
+
+
+class StorageError(ValueError):
+    """The storage URL cannot be used; the message names --storage (password masked)."""
+
+
+def absolute_sqlite(url: str) -> str:
+    """sqlite:///optuna.db -> sqlite:////abs/path/optuna.db: every worker, and every store
+    cached in this process, then opens the same file whatever its working directory."""
+    relative = url.startswith(SQLITE_PREFIX) and not url.startswith(SQLITE_PREFIX + "/")
+    if relative and ":memory:" not in url:
+        return SQLITE_PREFIX + str(Path(url[len(SQLITE_PREFIX) :]).resolve())
+    return url
+
+
+def check_storage_url(url: str) -> None:
+    if url.split(":", 1)[0].split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+        raise StorageError(
+            f"--storage: {mask_url(url)} is not a database URL; use sqlite:///optuna.db, "
+            "postgresql://user:password@host/db or mysql://..."
+        )
+
+
+def open_storage(spec: StudySpec) -> RDBStorage:
+    """Connect (creating the tables on first use: the parent does it once, before workers)."""
+    check_storage_url(spec.storage)
+    url = spec.storage
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs(url),
+                heartbeat_interval=spec.heartbeat_s,
+                grace_period=2 * spec.heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=spec.max_retries
+                ),
+            )
+    except Exception as error:
+        raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line(error)}") from None
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several worker processes share the file: wait for the lock instead of failing.
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_WAIT_S}
+    else:
+        kwargs["pool_pre_ping"] = True  # a restarted server: reconnect, not fail
+        if url.startswith("postgresql"):
+            kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+    return kwargs
+
+
+@contextlib.contextmanager
+def setup_lock(spec: StudySpec) -> Iterator[None]:
+    """Held by a study's parent while it creates or updates what the study's hosts share
+    (Optuna's tables, the study, the grid's queue, the MLflow parent run).
+
+    Two hosts started at the same moment on fresh storage would otherwise both create
+    the tables (PostgreSQL: "duplicate key ... pg_type_typname_nsp_index"), both queue
+    the grid (every point twice) and both create a parent run. A PostgreSQL advisory lock
+    or MySQL's GET_LOCK serialises them on the database; SQLite, a file on one machine, a
+    file lock beside it.
+    """
+    url = spec.storage
+    key = int.from_bytes(hashlib.blake2b(spec.study_name.encode(), digest_size=8).digest(),
+                         "little", signed=True)  # fmt: skip
+    if url.startswith(SQLITE_PREFIX):
+        with sqlite_file_lock(url, ".setup-lock"):
+            yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
+    try:
+        with engine.connect() as connection:
+            if url.startswith("postgresql"):
+                connection.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({key})"))
+                unlock = f"SELECT pg_advisory_unlock({key})"
+            else:
+                connection.execute(
+                    sqlalchemy.text(f"SELECT GET_LOCK('began-{key}', {MYSQL_LOCK_WAIT_S})")
+                )
+                unlock = f"SELECT RELEASE_LOCK('began-{key}')"
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text(unlock))
+    except sqlalchemy.exc.OperationalError as error:
+        raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line(error)}") from None
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def claim_lock(spec: StudySpec) -> Iterator[None]:
+    """Serialises taking trials from the queue where the database cannot.
+
+    Optuna marks a queued trial RUNNING after reading it WAITING under SELECT ... FOR
+    UPDATE. PostgreSQL and MySQL lock the row; SQLite ignores FOR UPDATE, and two workers
+    that read the row before either writes both take the trial (seen in tests: one grid
+    point run twice). On SQLite, a file lock beside the database (one machine) closes that.
+    """
+    if not spec.storage.startswith(SQLITE_PREFIX):
+        yield
+        return
+    with sqlite_file_lock(spec.storage, ".claim-lock"):
+        yield
+
+
+@contextlib.contextmanager
+def sqlite_file_lock(url: str, suffix: str) -> Iterator[None]:
+    """An exclusive lock on a file beside the SQLite database (one machine, many processes)."""
+    path = Path(url.removeprefix(SQLITE_PREFIX) + suffix)
+    try:
+        handle = open(path, "a")  # noqa: SIM115  (closed below, after the lock)
+    except OSError as error:
+        raise StorageError(f"--storage: cannot open {url}: {error.strerror}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,70 @@
+"""The names of a study's records: every attribute, tag, metric prefix and file that
+`studies/` writes and `analysis/` and `bench/` read. Each name is defined here once;
+a rename here changes writer and readers together.
+
+Where the records live:
+- the Optuna study: study user attributes (`*_ATTR` below, "study"), trial user
+  attributes ("trial") and Optuna's own retry bookkeeping in trial system attributes;
+- MLflow: the study's parent run (tags, params, artifacts, `best_*` and `trials_*`
+  metrics) and one child run per trial (tags, `objective_*` metrics), beside what every
+  training run records (`began.recorder`, `began.tracking`, `began.provenance`).
+"""
+
+from __future__ import annotations
+
+from optuna.trial import TrialState
+
+# Tags every training run writes, which the reports read too (re-exported: readers look here).
+from began.recorder import STOP_REASON_TAG as STOP_REASON_TAG
+from began.tracking import ERROR_TAG as ERROR_TAG
+from began.tracking import PARENT_RUN_TAG as PARENT_RUN_TAG  # MLflow's own nesting tag
+from began.tracking import RESUME_COUNT_TAG as RESUME_COUNT_TAG
+
+# --- Optuna: the study's user attributes ------------------------------------------------
+OBJECTIVES_ATTR = "objectives"  # logged names of the objectives, in order
+BASE_CONFIG_ATTR = "base_config"  # TrainConfig.to_dict() every trial derives from
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+EXPERIMENT_ATTR = "mlflow_experiment"
+KIND_ATTR = "kind"  # GRID or SEARCH (studies.spec)
+
+# --- Optuna: a trial's user attributes --------------------------------------------------
+RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run, set before training starts
+REASON_ATTR = "reason"  # why it was pruned or failed
+FINAL_ATTR = "final_metrics"  # the final evaluation: {FINAL_STEP, FINAL_M_GLOBAL, metric: value}
+LAST_EVALUATION_ATTR = "last_evaluation"  # the latest evaluation, updated while it runs
+FINAL_STEP = "step"
+FINAL_M_GLOBAL = "m_global"  # the mean M_global of the last evaluation window
+
+# --- Optuna: a trial's system attributes (Optuna's retry bookkeeping) ---------------------
+FAILED_TRIAL_ATTR = "failed_trial"  # on a retry: the first trial of its chain
+RETRY_HISTORY_ATTR = "retry_history"  # on a retry: the trials before it, oldest first
+FIXED_PARAMS_ATTR = "fixed_params"  # on a queued trial: the params it was queued with
+
+# --- Trial states, by name (as Optuna and the runs' tags spell them) ----------------------
+COMPLETE, PRUNED, FAIL = TrialState.COMPLETE.name, TrialState.PRUNED.name, TrialState.FAIL.name
+RUNNING, WAITING = TrialState.RUNNING.name, TrialState.WAITING.name
+STATES = (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)
+
+# --- MLflow: tags ---------------------------------------------------------------------
+STUDY_NAME_TAG = "study_name"  # on the parent run and every trial's run
+STUDY_KIND_TAG = "study_kind"  # on the parent run only: how a reader tells it apart
+TRIAL_NUMBER_TAG = "trial_number"
+TRIAL_STATE_TAG = "trial_state"
+PRUNE_REASON_TAG = "prune_reason"
+FAIL_REASON_TAG = "fail_reason"
+RETRIED_AS_TAG = "retried_as_trial"  # the trial that continued this run after a retry
+BEST_TRIALS_TAG = "best_trials"  # on the parent run: the best trial numbers
+BEST_RUN_TAG = "best_run_id"  # on the parent run, single objective: the best trial's run
+
+# --- MLflow: metric prefixes ----------------------------------------------------------
+OBJECTIVE_PREFIX = "objective_"  # on a trial's run: objective_<logged name>
+BEST_PREFIX = "best_"  # on the parent run: best_<logged name>
+TRIALS_PREFIX = "trials_"  # on the parent run: trials_<state>, counts
+
+# --- MLflow: the parent run's artifacts -------------------------------------------------
+TRIALS_TABLE_MD = "trials.md"
+TRIALS_TABLE_CSV = "trials.csv"
+BEST_TRIALS_MD = "best_trials.md"
+BASE_CONFIG_FILE = "base_config.json"
+REPORT_FOLDER = "report"  # analysis.report logs the report here
+ERROR_FILE = "error.txt"  # on a failed trial's run: the traceback

@@ -1,0 +1,136 @@
+"""The Optuna study itself: created once (or checked against a rerun's options), its grid
+queued, and loaded by each worker with its sampler and pruner."""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+
+from began.config import TrainConfig
+from studies.connection import open_storage
+from studies.pruning import make_pruner
+from studies.schema import (
+    BASE_CONFIG_ATTR,
+    EXPERIMENT_ATTR,
+    FIXED_PARAMS_ATTR,
+    KIND_ATTR,
+    OBJECTIVES_ATTR,
+)
+from studies.spec import GRID, RERUN_MAY_CHANGE, StudySpec
+
+SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
+GRID_TOLERANCE = 1e-12  # two grid values this close are one point
+
+
+class StudyError(ValueError):
+    """The study cannot be (re)started as asked; the message names the option."""
+
+
+def prepare_study(spec: StudySpec) -> optuna.Study:
+    """Create the study (or check a rerun matches it) and queue the grid's missing points."""
+    storage = open_storage(spec)  # creates Optuna's tables, once, here
+    study = optuna.create_study(
+        study_name=spec.study_name,
+        storage=storage,
+        directions=spec.directions,
+        load_if_exists=True,
+    )
+    check_rerun(spec, study)
+    study.set_user_attr(OBJECTIVES_ATTR, [o.logged for o in spec.objectives])
+    study.set_user_attr(BASE_CONFIG_ATTR, spec.base_config.to_dict())
+    study.set_user_attr(EXPERIMENT_ATTR, spec.experiment)
+    study.set_user_attr(KIND_ATTR, spec.kind)
+    with warnings.catch_warnings():  # set_metric_names is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # optuna-dashboard then labels the axes by objective, not "Objective 0".
+        study.set_metric_names([o.logged for o in spec.objectives])
+    if spec.kind == GRID:
+        queue_grid(spec, study)
+    return study
+
+
+def check_rerun(spec: StudySpec, study: optuna.Study) -> None:
+    """A rerun may change where and how fast trials run, not what they compute."""
+    attrs = study.user_attrs
+    if not attrs:
+        return  # a new study
+    objectives = [o.logged for o in spec.objectives]
+    if attrs.get(OBJECTIVES_ATTR) != objectives or study.directions != [
+        optuna.study.StudyDirection[d.upper()] for d in spec.directions
+    ]:
+        raise StudyError(
+            f"--objectives: study {spec.study_name} optimises {attrs.get(OBJECTIVES_ATTR)}, "
+            f"not {objectives}; keep them or choose another --study-name"
+        )
+    saved = TrainConfig.from_dict(attrs.get(BASE_CONFIG_ATTR, {})).to_dict()
+    varied = set(spec.space)
+    changed = [
+        f"{name} {saved[name]!r} -> {value!r}"
+        for name, value in spec.base_config.to_dict().items()
+        if name not in RERUN_MAY_CHANGE | varied and saved.get(name) != value
+    ]
+    if changed:
+        raise StudyError(
+            f"--study-name {spec.study_name}: the study's trials were trained with other "
+            f"options ({'; '.join(changed)}); keep them or choose another --study-name"
+        )
+
+
+def queue_grid(spec: StudySpec, study: optuna.Study) -> int:
+    """Queue each grid point that no trial covers yet; returns how many were queued.
+
+    Queued once, here, before workers start: each point then runs exactly once even
+    with many workers (Optuna's GridSampler could hand one point to two workers).
+    A point whose trial failed with an error is queued again; complete, pruned,
+    running and queued points are not.
+    """
+    covered = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
+                           TrialState.WAITING):  # fmt: skip
+            covered.append(trial.system_attrs.get(FIXED_PARAMS_ATTR, trial.params))
+    queued = 0
+    for point in spec.grid:
+        if not any(_same_point(point, params) for params in covered):
+            study.enqueue_trial(point)
+            queued += 1
+    return queued
+
+
+def _same_point(point: dict, params: dict) -> bool:
+    return all(
+        k in params and abs(float(params[k]) - float(v)) < GRID_TOLERANCE for k, v in point.items()
+    )
+
+
+def make_sampler(spec: StudySpec, worker_index: int) -> optuna.samplers.BaseSampler:
+    """The sampler by name; each worker gets its own seed so they do not draw alike."""
+    seed = spec.sampler_seed + worker_index
+    if spec.kind == GRID:
+        return optuna.samplers.RandomSampler(seed)  # never samples: every point is queued
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if spec.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        if spec.sampler == "random":
+            return optuna.samplers.RandomSampler(seed)
+        if spec.sampler == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed)
+        if spec.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if spec.sampler == "qmc":
+            return optuna.samplers.QMCSampler(seed=seed)
+    raise ValueError(f"--sampler: unknown sampler {spec.sampler!r}; choose from {SAMPLERS}")
+
+
+def load_study(spec: StudySpec, worker_index: int = 0) -> optuna.Study:
+    """The study as a worker sees it: its sampler and, explicitly, its pruner (Optuna's
+    default would be a median pruner, which `--pruner none` must not get)."""
+    return optuna.load_study(
+        study_name=spec.study_name,
+        storage=open_storage(spec),
+        sampler=make_sampler(spec, worker_index),
+        pruner=make_pruner(spec.pruner, len(spec.objectives)),
+    )
