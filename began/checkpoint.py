@@ -51,6 +51,11 @@ class Checkpoint:
     eval_window: dict[str, Any] = field(default_factory=dict)
     # The last evaluation {"step", "m_global", "metrics"}: what a finished run reports.
     last_eval: dict[str, Any] | None = None
+    # The state of the run's should_stop rule, when it has one (a study's health rule
+    # counts evaluations in a row): a retry continues the count instead of restarting it.
+    stop_rule: dict[str, Any] | None = None
+    # Why should_stop ended the run early, once it did: a run stopped early is complete.
+    stop_reason: str | None = None
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -72,10 +77,13 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "z_rng_device": checkpoint.z_rng_device,
         "eval_window_json": json.dumps(checkpoint.eval_window),
         "last_eval_json": json.dumps(checkpoint.last_eval),
+        "stop_rule_json": json.dumps(checkpoint.stop_rule),
+        "stop_reason_json": json.dumps(checkpoint.stop_reason),
     }
     tmp_name = ""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_partial_writes(path)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -97,6 +105,12 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         if tmp_name:
             Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _remove_partial_writes(path: Path) -> None:
+    """Temporary files of writes that a kill interrupted: they would pile up otherwise."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def load_checkpoint_or_previous(path: Path | str) -> Checkpoint:
@@ -158,4 +172,6 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         z_rng_device=str(payload.get("z_rng_device", _rng_device(payload["z_rng_state"]))),
         eval_window=_eval_window(payload),
         last_eval=json.loads(payload.get("last_eval_json", "null")),
+        stop_rule=json.loads(payload.get("stop_rule_json", "null")),
+        stop_reason=json.loads(payload.get("stop_reason_json", "null")),
     )

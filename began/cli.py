@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -59,9 +60,12 @@ def option_flag(field_name: str) -> str:
 
 
 def resume_command(module: str, run_id: str, tracking_uri: str | None) -> str:
-    """The whole command that continues a stopped run."""
+    """The whole command that continues a stopped run (a password in the URL masked:
+    `PGPASSWORD` or the server's own credentials supply it)."""
+    from began.tracking import mask_url
+
     command = f"python -m {module} --resume {run_id}"
-    return command + (f" --tracking-uri {tracking_uri}" if tracking_uri else "")
+    return command + (f" --tracking-uri {mask_url(tracking_uri)}" if tracking_uri else "")
 
 
 def add_config_options(
@@ -106,6 +110,11 @@ def run_cli(main: Callable[[Sequence[str] | None], T], argv: Sequence[str] | Non
     from began.checkpoint import CheckpointError
     from began.config import ConfigError
     from began.tracking import TrackingError
+
+    # MLflow's "Creating initial MLflow database tables..." and download bars are noise on
+    # a command line; MLflow reads these when it is first imported (below, in `main`).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     try:
         return main(argv)

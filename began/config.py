@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+# torch seeds are 64-bit; the grid's and the evaluation's z streams add offsets to the seed.
+MAX_SEED = 2**62
+MAX_GRID = 1024  # images in the sample grid: 32 x 32 tiles, already too many to look at
 
 
 class ConfigError(ValueError):
@@ -207,16 +211,22 @@ def _validate(cfg: TrainConfig) -> None:
     )
     for name in ("filters", "hidden", "repeat", "batch_size", "steps", "lr_window", "num_grid"):
         _require(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
+    _require(cfg.num_grid <= MAX_GRID, "num_grid", f"must be <= {MAX_GRID}, got {cfg.num_grid}")
     for name in ("log_every", "sample_every", "checkpoint_every"):
         _require(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
     _require(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
     _require(cfg.holdout >= -1, "holdout", f"must be >= 0, or -1 for auto, got {cfg.holdout}")
     _require(cfg.lr_patience >= 1, "lr_patience", f"must be >= 1, got {cfg.lr_patience}")
     _require(0.0 < cfg.gamma <= 1.0, "gamma", f"must be in (0, 1], got {cfg.gamma}")
+    for name in ("gamma", "lambda_k", "k_init", "lr", "lr_min", "adam_beta1", "adam_beta2"):
+        # inf passes "> 0" and NaN fails every test: neither is a value a run can use.
+        _require(math.isfinite(getattr(cfg, name)), name,
+                 f"must be a finite number, got {getattr(cfg, name)}")  # fmt: skip
     # lambda_k = 0 would freeze k at k_init: not BEGAN's controller any more.
     _require(cfg.lambda_k > 0.0, "lambda_k", f"must be > 0, got {cfg.lambda_k}")
     _require(0.0 <= cfg.k_init <= 1.0, "k_init", f"must be in [0, 1], got {cfg.k_init}")
     _require(cfg.lr > 0.0, "lr", f"must be > 0, got {cfg.lr}")
+    _require(0 <= cfg.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}], got {cfg.seed}")
     _require(0.0 < cfg.lr_min <= cfg.lr, "lr_min", f"must be in (0, lr={cfg.lr}], got {cfg.lr_min}")
     for name in ("adam_beta1", "adam_beta2"):
         _require(0.0 <= getattr(cfg, name) < 1.0, name, "must be in [0, 1)")

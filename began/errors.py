@@ -1,6 +1,11 @@
-"""How an error is shown to a user: one line, never a traceback."""
+"""How an error is shown to a user (one line, never a traceback), and the error of the
+tracking store, which several layers raise."""
 
 from __future__ import annotations
+
+
+class TrackingError(RuntimeError):
+    """The tracking store refused a request; the message says which run or experiment."""
 
 
 def first_line(error: BaseException) -> str:

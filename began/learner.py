@@ -13,6 +13,7 @@ from torch import nn
 
 from began.checkpoint import Checkpoint
 from began.config import ConfigError, TrainConfig, check_device_name
+from began.errors import first_line
 from began.models import Discriminator, Generator, sample_z
 from began.schedule import PlateauHalving
 from began.step import TrainState
@@ -103,8 +104,27 @@ def load_networks(checkpoint: Checkpoint, device: torch.device) -> tuple[Generat
     return G.to(device).eval(), D.to(device).eval()
 
 
+class ResourceError(ConfigError):
+    """The options ask for more memory than the device has; the message names them."""
+
+
 def build_learner(cfg: TrainConfig, device: torch.device) -> Learner:
-    """Fresh models, optimizers and state, initialised from cfg.seed alone."""
+    """Fresh models, optimizers and state, initialised from cfg.seed alone; ResourceError
+    (naming the options that size them) when they do not fit in the device's memory."""
+    try:
+        return _build_learner(cfg, device)
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        text = str(error).lower()
+        if not isinstance(error, MemoryError) and "memory" not in text and "alloc" not in text:
+            raise
+        raise ResourceError(
+            f"filters, hidden, num_grid: the networks of filters={cfg.filters}, "
+            f"hidden={cfg.hidden} (and a grid of {cfg.num_grid}) do not fit in the memory "
+            f"of {device} ({first_line(error)})"
+        ) from None
+
+
+def _build_learner(cfg: TrainConfig, device: torch.device) -> Learner:
     G, D = build_networks(cfg)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     G = G.to(device, memory_format=memory_format)
@@ -132,8 +152,11 @@ def snapshot(
     dataset_fingerprint: str,
     eval_window: dict[str, Any] | None = None,
     last_eval: dict[str, Any] | None = None,
+    stop_rule: dict[str, Any] | None = None,
+    stop_reason: str | None = None,
 ) -> Checkpoint:
-    """The learner's state, plus the loop's evaluation window and last evaluation."""
+    """The learner's state, plus the loop's evaluation window, last evaluation and the
+    state of its should_stop rule."""
     return Checkpoint(
         config=learner.cfg,
         step=learner.state.step,
@@ -148,6 +171,8 @@ def snapshot(
         z_rng_device=learner.device.type,
         eval_window=eval_window or {},
         last_eval=last_eval,
+        stop_rule=stop_rule,
+        stop_reason=stop_reason,
     )
 
 

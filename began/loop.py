@@ -10,7 +10,6 @@ between steps, with a checkpoint.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 
@@ -20,7 +19,7 @@ from tqdm import tqdm
 from began.checkpoint import Checkpoint, load_checkpoint_or_previous
 from began.config import ConfigError, TrainConfig
 from began.data import BatchSampler, ImageSet, load_images, split_holdout
-from began.interrupts import StopFlag, deferred_interrupts
+from began.interrupts import RunAbandoned, StopFlag, deferred_interrupts
 from began.learner import Learner, build_learner, resolve_device, restore
 from began.provenance import run_tags
 from began.recorder import (
@@ -33,11 +32,13 @@ from began.recorder import (
     TrainResult,
 )
 from began.step import train_step
-from began.tracking import FAILED, FINISHED, KILLED, Tracker
+from began.tracking import FAILED, FINISHED, KILLED, RUNNING, Tracker
 
 __all__ = [
     "STOPPED",
     "EvalReport",
+    "RunAbandoned",
+    "StopFlag",
     "StopDecision",
     "TrainResult",
     "TrainingDiverged",
@@ -55,18 +56,24 @@ def train(
     quiet: bool = True,
     cache_dir: str | None = None,
     log_models_when_stopped: bool = True,
+    stop_flag: StopFlag | None = None,
 ) -> TrainResult:
     """Train one run to cfg.steps, resuming from the tracker's checkpoint when it has one.
 
-    The run exists in the tracker (tracker.run_id) before the data loads. A run whose
-    checkpoint already reached cfg.steps is not trained or logged again: the result
-    carries its final evaluation and `already_complete`.
+    The run exists in the tracker (tracker.run_id) before the data loads. A run that is
+    complete (its checkpoint reached cfg.steps or should_stop ended it) and FINISHED is
+    not trained or logged again: the result carries its final evaluation and
+    `already_complete`. A complete run that is not FINISHED (killed during its final
+    record) gets the rest of that record.
+
+    `should_stop` may keep state across a kill: with `state_dict`/`load_state_dict`, its
+    state rides in the checkpoint. `stop_flag` lets another thread stop the run
+    (`StopFlag.abandon`); Ctrl-C, SIGTERM and SIGHUP set it too.
     """
-    existed = bool(tracker.run_id)
     tracker.create()
     started = False
     recorder: RunRecorder | None = None
-    with deferred_interrupts() as stop_flag:
+    with deferred_interrupts(stop_flag) as flag:
         try:
             device = resolve_device(cfg.device)
             dataset = load_images(
@@ -76,32 +83,33 @@ def train(
             train_images, heldout_images = split_holdout(dataset.images, cfg.holdout)
             learner = build_learner(cfg, device)
             checkpoint = _checkpoint_to_resume(tracker, dataset)
-            if checkpoint is not None and checkpoint.step >= cfg.steps:
-                return _complete_result(tracker.run_id, checkpoint)
             if checkpoint is not None:
                 restore(learner, checkpoint)
-            sampler = BatchSampler(
-                torch.from_numpy(train_images).to(device), cfg.batch_size, cfg.seed
-            )
             recorder = RunRecorder(
                 learner, tracker, dataset, heldout_images, should_stop, quiet=quiet,
                 cache_dir=cache_dir, log_models_when_stopped=log_models_when_stopped,
             )  # fmt: skip
             if checkpoint is not None:
                 recorder.resume_from(checkpoint)
+                if recorder.complete and tracker.status == FINISHED:
+                    return recorder.result(already_complete=True)
             tracker.start(cfg, run_tags(cfg, dataset, device), resumed=checkpoint is not None)
             started = True
             if not quiet:
                 tqdm.write(f"run {tracker.run_id}: {dataset.kept} images, device {device}")
-            return _run_to_the_end(learner, sampler, recorder, stop_flag)
-        except TrainingInterrupted:
-            raise  # already checkpointed and marked KILLED
+            sampler = BatchSampler(
+                torch.from_numpy(train_images).to(device), cfg.batch_size, cfg.seed
+            )
+            return _run_to_the_end(learner, sampler, recorder, flag)
+        except (TrainingInterrupted, RunAbandoned):
+            raise  # checkpointed and marked KILLED, or the run is someone else's now
         except KeyboardInterrupt:
             _finish_quietly(tracker, KILLED, "interrupted twice: stopped without a checkpoint")
             raise
         except BaseException as error:
-            # A resumed run that failed before it started (bad --data, say) keeps its status.
-            if started or not existed:
+            # A run that had ended before this call and failed before it started again
+            # (`--resume` with a bad --data) keeps its status; any other ends FAILED.
+            if started or _still_running(tracker):
                 _finish_quietly(tracker, FAILED, f"{type(error).__name__}: {error}")
             raise
         finally:
@@ -129,13 +137,12 @@ def step_once(learner: Learner, sampler: BatchSampler) -> tuple[dict[str, torch.
 def _run_to_the_end(
     learner: Learner, sampler: BatchSampler, recorder: RunRecorder, stop_flag: StopFlag
 ) -> TrainResult:
-    stop_reason: str | None = None
-    while learner.state.step < learner.cfg.steps and stop_reason is None:
+    while not recorder.complete:
         if stop_flag:
-            recorder.interrupt(stop_flag.signal_name)
+            recorder.interrupt(stop_flag)
         metrics, lr = step_once(learner, sampler)
-        stop_reason = recorder.after_step(metrics, lr)
-    return recorder.finish(stop_reason)
+        recorder.after_step(metrics, lr)
+    return recorder.finish()
 
 
 def _checkpoint_to_resume(tracker: Tracker, dataset: ImageSet) -> Checkpoint | None:
@@ -152,14 +159,11 @@ def _checkpoint_to_resume(tracker: Tracker, dataset: ImageSet) -> Checkpoint | N
     return checkpoint
 
 
-def _complete_result(run_id: str, checkpoint: Checkpoint) -> TrainResult:
-    """A run that already reached its last step: report it, change nothing."""
-    final = (
-        EvalReport.from_dict(checkpoint.last_eval)
-        if checkpoint.last_eval is not None
-        else EvalReport(checkpoint.step, math.nan)  # written before evaluations were kept
-    )
-    return TrainResult(run_id, checkpoint.step, FINISHED, final, already_complete=True)
+def _still_running(tracker: Tracker) -> bool:
+    try:
+        return tracker.status in (None, RUNNING)
+    except Exception:  # the store is away: try to mark it anyway
+        return True
 
 
 def _finish_quietly(tracker: Tracker, status: str, error: str) -> None:

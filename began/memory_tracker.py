@@ -14,7 +14,7 @@ from torch import nn
 
 from began.checkpoint import CHECKPOINT_NAME
 from began.config import TrainConfig
-from began.tracking import CHECKPOINT_ARTIFACT_DIR, RUNNING
+from began.tracking import CHECKPOINT_ARTIFACT_DIR, MODELS_TAG, RESUME_COUNT_TAG, RUNNING
 
 _NEW_IDS = itertools.count()
 
@@ -51,7 +51,9 @@ class MemoryTracker:
 
     def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
         self.create()
-        if not self.params:
+        if self.params:  # started before: a restart (see MlflowTracker.start)
+            tags = {**tags, RESUME_COUNT_TAG: str(int(self.tags.get(RESUME_COUNT_TAG, 0)) + 1)}
+        else:
             self.log_params(cfg.to_dict())
         self.tags.update(tags)
         self.starts.append(resumed)
@@ -90,6 +92,10 @@ class MemoryTracker:
 
     def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None:
         self.models_logged += 1
+        self.tags[MODELS_TAG] = "true"
+
+    def has_models(self) -> bool:
+        return self.tags.get(MODELS_TAG) == "true"
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.tags.update({key: str(value) for key, value in tags.items()})

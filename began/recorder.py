@@ -25,6 +25,7 @@ from tqdm import tqdm
 from began.checkpoint import CHECKPOINT_NAME, Checkpoint, save_checkpoint
 from began.data import ImageSet
 from began.images import image_grid, reconstruction_grid, viewable
+from began.interrupts import RunAbandoned, StopFlag
 from began.learner import Learner, snapshot
 from began.metrics import parse_metrics
 from began.metrics.scoring import score
@@ -133,6 +134,7 @@ class RunRecorder:
         self.requests = parse_metrics(self.cfg.metrics)
         self.window = EvalWindow(learner.device)
         self.last_eval: EvalReport | None = None
+        self.stop_reason: str | None = None
         self.progress = tqdm(
             total=self.cfg.steps, initial=learner.state.step, disable=quiet, unit="step",
             dynamic_ncols=True, smoothing=0.05,
@@ -140,51 +142,80 @@ class RunRecorder:
         self.log_clock = (time.perf_counter(), learner.state.step)
 
     def resume_from(self, checkpoint: Checkpoint) -> None:
-        """Continue the evaluation window where the checkpoint left it."""
+        """Continue the evaluation window, the last evaluation and the stop rule's state
+        where the checkpoint left them."""
         self.window.load_state_dict(checkpoint.eval_window)
         if checkpoint.last_eval is not None:
             self.last_eval = EvalReport.from_dict(checkpoint.last_eval)
+        if checkpoint.stop_rule is not None and hasattr(self.should_stop, "load_state_dict"):
+            self.should_stop.load_state_dict(checkpoint.stop_rule)
+        self.stop_reason = checkpoint.stop_reason
+
+    @property
+    def complete(self) -> bool:
+        """Reached its last step, or should_stop ended it: nothing is left to train."""
+        return self.learner.state.step >= self.cfg.steps or self.stop_reason is not None
 
     def after_step(self, metrics: dict[str, torch.Tensor], lr: float) -> str | None:
-        """Record the step just taken; a reason to stop when should_stop gives one."""
+        """Record the step just taken; a reason to stop when should_stop gives one.
+
+        An evaluation comes before the checkpoint of the same step, so that the
+        checkpoint holds it: a run killed just after continues with a new window instead
+        of averaging two, and without skipping the evaluation.
+        """
         cfg, step = self.cfg, self.learner.state.step
         self.window.add(metrics["m_global"])
         if step % cfg.log_every == 0:
             self._log_metrics(metrics, lr)
         if step == cfg.steps:
             return None  # `finish` evaluates, saves and logs the last step
-        if step % cfg.checkpoint_every == 0:
-            self.save_checkpoint()
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            self.stop_reason = self._evaluate()
+            if self.stop_reason is not None:
+                return self.stop_reason  # `finish` records the rest of this step
         if step % cfg.sample_every == 0:
             self._log_grids()
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            return self._evaluate()
+        if step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
         return None
 
-    def interrupt(self, signal_name: str) -> NoReturn:
-        """Ctrl-C or SIGTERM between steps: checkpoint, mark the run KILLED, stop."""
+    def interrupt(self, stop_flag: StopFlag) -> NoReturn:
+        """Stop between steps. A signal: checkpoint, mark the run KILLED. A run taken over
+        by another worker: write nothing at all (the run and its checkpoints are theirs)."""
+        if stop_flag.abandoned_because:
+            raise RunAbandoned(stop_flag.abandoned_because)
         self.save_checkpoint()
-        self.tracker.finish(KILLED, error=f"stopped by {signal_name}")
+        self.tracker.finish(KILLED, error=f"stopped by {stop_flag.signal_name}")
         raise TrainingInterrupted(
             f"stopped at step {self.learner.state.step}; run {self.tracker.run_id} resumable"
         )
 
-    def finish(self, stop_reason: str | None) -> TrainResult:
+    def finish(self) -> TrainResult:
         """The final record: grids and evaluation at the last step, the checkpoint that
-        holds that evaluation (a finished run reports it when resumed), the models."""
-        step = self.learner.state.step
+        holds that evaluation (a finished run reports it when resumed), the models.
+
+        Also what a run killed in the middle of its final record gets when resumed: what
+        is already there (the evaluation, the models) is not done twice.
+        """
+        step, stop_reason = self.learner.state.step, self.stop_reason
         self._log_grids()
         if self.last_eval is None or self.last_eval.step != step:
             self._evaluate()
         self.save_checkpoint()
-        if stop_reason is None or self.log_models_when_stopped:
+        wants_models = stop_reason is None or self.log_models_when_stopped
+        if wants_models and not self.tracker.has_models():
             self.tracker.log_models(self.learner.G, self.learner.D, self.cfg)
         if stop_reason is not None:
             self.tracker.set_tags({STOP_REASON_TAG: stop_reason})
         self.tracker.finish(FINISHED)
+        return self.result()
+
+    def result(self, already_complete: bool = False) -> TrainResult:
+        """The outcome as it stands: the last step and evaluation, and why it stopped."""
         assert self.last_eval is not None
-        status = FINISHED if stop_reason is None else STOPPED
-        return TrainResult(self.tracker.run_id, step, status, self.last_eval, stop_reason)
+        status = FINISHED if self.stop_reason is None else STOPPED
+        return TrainResult(self.tracker.run_id, self.learner.state.step, status,
+                           self.last_eval, self.stop_reason, already_complete)  # fmt: skip
 
     def _log_metrics(self, metrics: dict[str, torch.Tensor], lr: float) -> None:
         step = self.learner.state.step
@@ -228,10 +259,10 @@ class RunRecorder:
         self.window.since_checkpoint.zero_()
         path = self.tracker.checkpoint_dir() / CHECKPOINT_NAME
         last_eval = self.last_eval.to_dict() if self.last_eval is not None else None
-        save_checkpoint(
-            path,
-            snapshot(learner, self.dataset.fingerprint, self.window.state_dict(), last_eval),
-        )
+        rule = self.should_stop.state_dict() if hasattr(self.should_stop, "state_dict") else None
+        state = snapshot(learner, self.dataset.fingerprint, self.window.state_dict(), last_eval,
+                         rule, self.stop_reason)  # fmt: skip
+        save_checkpoint(path, state)
         self.tracker.checkpoint_saved(path)
 
     def _evaluate(self) -> str | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import tempfile
 import time
 import urllib.request
@@ -29,12 +28,14 @@ import torch
 from torch import nn
 
 from began.background_writer import BackgroundWriter
+from began.checkpoint import CHECKPOINT_NAME
 from began.config import TrainConfig
-from began.errors import first_line
+from began.errors import TrackingError, first_line
+from began.remote_checkpoints import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
+from began.remote_checkpoints import RemoteCheckpoints
 from began.retry import retrying
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
-CHECKPOINT_ARTIFACT_DIR = "checkpoints"
 DEFAULT_EXPERIMENT = "began"
 # MLflow's own default store, what a plain `mlflow ui` in the same folder reads.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -43,10 +44,8 @@ MAX_PARAMS_PER_BATCH = 100
 RESUME_COUNT_TAG = "resume_count"  # how many times a run was continued from a checkpoint
 ERROR_TAG = "error"  # why a run ended FAILED or KILLED
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag that nests a run under another
-
-
-class TrackingError(RuntimeError):
-    """The tracking store refused a request; the message says which run or experiment."""
+MODELS_TAG = "models_logged"  # "true" once the final models are in the run
+__all__ = ["CHECKPOINT_ARTIFACT_DIR", "TrackingError"]  # re-exported: callers import them here
 
 
 # Longest values the MLflow stores accept; longer ones are cut, not refused.
@@ -99,6 +98,7 @@ class Tracker(Protocol):
     def checkpoint_saved(self, path: Path) -> None: ...
     def latest_checkpoint(self) -> Path | None: ...
     def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None: ...
+    def has_models(self) -> bool: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def finish(self, status: str, error: str | None = None) -> None: ...
     def close(self) -> None: ...  # write what is queued; the status stays as it is
@@ -130,7 +130,13 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         self._metric_type = Metric
-        self.client = mlflow.MlflowClient(tracking_uri)
+        try:
+            self.client = mlflow.MlflowClient(tracking_uri)  # a database store connects now
+        except Exception as error:
+            where = mask_url(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
+            raise TrackingError(
+                f"--tracking-uri {where}: cannot open the tracking store ({first_line(error)})"
+            ) from None
         self.tracking_uri = self.client.tracking_uri
         self._experiment, self._run_name = experiment, run_name
         self._tags = dict(tags or {})
@@ -144,22 +150,18 @@ class MlflowTracker:
                 self._attach(self.client.get_run(run_id))
             except Exception as error:
                 raise TrackingError(
-                    f"{run_option} {run_id}: no such run in {self.tracking_uri}"
+                    f"{run_option} {run_id}: no such run in {mask_url(self.tracking_uri)}"
                 ) from error
 
     def _attach(self, run: Any) -> None:
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
         self.artifact_dir = _local_path(run.info.artifact_uri)
-        self._staging_dir: Path | None = None
         self._writer = BackgroundWriter(self._write)
+        self._remote = RemoteCheckpoints(self.client, self.run_id, self._enqueue)
 
-    @property
-    def _staging(self) -> Path:
-        """A local folder for checkpoints on their way to a remote artifact store."""
-        if self._staging_dir is None:
-            self._staging_dir = Path(tempfile.mkdtemp(prefix=f"began-{self.run_id}-"))
-        return self._staging_dir
+    def _enqueue(self, task: Callable[[], None]) -> None:
+        self._writer.add_task(task)
 
     @property
     def status(self) -> str | None:
@@ -206,10 +208,15 @@ class MlflowTracker:
         with_retries(lambda: self._start(cfg, tags, resumed), f"starting run {self.run_id}")
 
     def _start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
-        if resumed:
-            self.client.update_run(self.run_id, status=RUNNING)
-            count = int(self.client.get_run(self.run_id).data.tags.get(RESUME_COUNT_TAG, "0"))
+        run = self.client.get_run(self.run_id)
+        if run.data.params:
+            # Started before: a restart, from a checkpoint (`resumed`) or from step 0 when
+            # the last one died before its first. The params stay as first logged (MLflow
+            # refuses a changed one); what may differ on a restart (the device) is a tag.
+            count = int(run.data.tags.get(RESUME_COUNT_TAG, "0"))
             tags = {**tags, RESUME_COUNT_TAG: str(count + 1)}
+            if run.info.status != RUNNING:
+                self.client.update_run(self.run_id, status=RUNNING)
         else:
             self._log_params(cfg.to_dict())
             self.client.log_text(self.run_id, cfg.to_json(), "config.json")
@@ -255,35 +262,21 @@ class MlflowTracker:
     def checkpoint_dir(self) -> Path:
         if self.artifact_dir is not None:
             return self.artifact_dir / CHECKPOINT_ARTIFACT_DIR  # written in place, atomically
-        return self._staging / CHECKPOINT_ARTIFACT_DIR
+        return self._remote.local_dir
 
     def checkpoint_saved(self, path: Path) -> None:
-        if self.artifact_dir is None:  # remote store: upload a copy in the background
-            # A hard link freezes this version: the next checkpoint replaces `path`, not it.
-            snapshot = self._staging / f"upload-{time.monotonic_ns()}" / path.name
-            snapshot.parent.mkdir()
-            os.link(path, snapshot)
-            self._writer.add_task(lambda: self._upload(snapshot))
-
-    def _upload(self, snapshot: Path) -> None:
-        self.client.log_artifact(self.run_id, str(snapshot), CHECKPOINT_ARTIFACT_DIR)
-        shutil.rmtree(snapshot.parent, ignore_errors=True)
+        if self.artifact_dir is None:  # remote store: upload copies in the background
+            self._remote.saved(path)
 
     def latest_checkpoint(self) -> Path | None:
         if not self.run_id:
             return None  # a run not created yet has no checkpoint
-        local = self.checkpoint_dir() / "last.pt"
+        local = self.checkpoint_dir() / CHECKPOINT_NAME
         if local.is_file():
             return local
         if self.artifact_dir is not None:
             return None
-        try:
-            path = self.client.download_artifacts(
-                self.run_id, f"{CHECKPOINT_ARTIFACT_DIR}/last.pt", str(self._staging)
-            )
-        except Exception:
-            return None
-        return Path(path)
+        return self._remote.latest()
 
     def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None:
         self._writer.close()  # everything queued is written before the slow model upload
@@ -298,6 +291,11 @@ class MlflowTracker:
                 attempts=3,
             )
         self._writer = BackgroundWriter(self._write)
+        self.set_tags({MODELS_TAG: "true"})
+
+    def has_models(self) -> bool:
+        run = with_retries(lambda: self.client.get_run(self.run_id), f"reading run {self.run_id}")
+        return run.data.tags.get(MODELS_TAG) == "true"
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         with_retries(lambda: self._set_tags(tags), "tagging the run")
@@ -321,6 +319,7 @@ class MlflowTracker:
                 lambda: self.client.set_terminated(self.run_id, status=status),
                 f"marking run {self.run_id} {status}",
             )
+            self._remote.remove()
 
 
 def experiment_id(client: Any, name: str) -> str:

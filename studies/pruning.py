@@ -85,6 +85,15 @@ class HealthState:
     rising: int = 0  # evaluations in a row above divergence_factor x best
     collapsed: int = 0  # evaluations in a row at or above collapse_ssim
 
+    def state_dict(self) -> dict[str, float]:
+        """The counters: kept in the trial's checkpoint, so that a retry continues them."""
+        return {"best_m_global": self.best_m_global, "rising": self.rising,
+                "collapsed": self.collapsed}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best_m_global = float(state["best_m_global"])
+        self.rising, self.collapsed = int(state["rising"]), int(state["collapsed"])
+
     def check(self, report: EvalReport) -> str | None:
         """The reason to stop after this evaluation, or None."""
         rule, m_global = self.rule, report.m_global
@@ -123,6 +132,12 @@ class TrialMonitor:
         self.trial = trial
         self.objectives = objectives
         self.health = HealthState(rule)
+
+    def state_dict(self) -> dict[str, float]:
+        return self.health.state_dict()
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.health.load_state_dict(state)
 
     def __call__(self, report: EvalReport) -> str | None:
         values = {o.logged: o.value(report.m_global, report.metrics) for o in self.objectives}
