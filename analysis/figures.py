@@ -196,6 +196,35 @@ def mglobal_scatter(data: pd.DataFrame, metric: str, table: pd.DataFrame) -> Fig
     return fig
 
 
+def fidelity_diversity(done: pd.DataFrame, columns: dict[str, str]) -> Figure:
+    """Precision against recall and density against coverage, one point per trial coloured
+    by gamma; a pair with one metric logged shows it against gamma instead."""
+    palette = gamma_colours(done["gamma"])
+    pairs = [(columns.get(x), columns.get(y)) for x, y in _KNN_PAIRS]
+    pairs = [(x, y) for x, y in pairs if x or y]
+    fig = Figure(figsize=(5.2 * len(pairs) + 1, 4.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(pairs))).ravel()
+    for ax, (x, y) in zip(axes, pairs, strict=True):
+        x = x or "gamma"  # one metric of the pair: against gamma
+        y = y or "gamma"
+        data = done.dropna(subset=[x, y])
+        colours = [palette.get(g, "grey") for g in data["gamma"]]
+        ax.scatter(data[x], data[y], c=colours, s=45, zorder=3)
+        for _, row in data.iterrows():
+            ax.annotate(f"{row['trial']}", (row[x], row[y]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")  # fmt: skip
+        xlabel, ylabel = x.removeprefix("final_"), y.removeprefix("final_")
+        ax.set(xlabel=f"{xlabel} (diversity)" if x != "gamma" else "gamma",
+               ylabel=f"{ylabel} (fidelity)" if y != "gamma" else "gamma",
+               title=f"{ylabel} against {xlabel}")  # fmt: skip
+        ax.grid(alpha=0.3)
+    _colour_bar(fig, palette, axes.tolist())
+    return fig
+
+
+_KNN_PAIRS = (("recall", "precision"), ("coverage", "density"))  # (x: diversity, y: fidelity)
+
+
 def importance(table: pd.DataFrame) -> Figure:
     objectives = list(dict.fromkeys(table["objective"]))
     fig = Figure(figsize=(5 * len(objectives), 0.5 * table["param"].nunique() + 1.6),

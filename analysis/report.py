@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import gallery, sections
+from analysis import fidelity, gallery, sections
 from analysis.data import load_runs, open_study
 from analysis.history import load_history
 from analysis.render import FORMATS, write_report
@@ -30,8 +30,8 @@ from studies.schema import REPORT_FOLDER, RUN_ID_ATTR
 
 SECTIONS = (
     sections.summary, sections.curves, sections.equilibrium, sections.quality_by_gamma,
-    sections.pareto, sections.mglobal_vs_quality, gallery.samples,
-    gallery.samples_over_training, sections.importance,
+    fidelity.fidelity_vs_diversity, sections.pareto, sections.mglobal_vs_quality,
+    gallery.samples, gallery.samples_over_training, sections.importance,
 )  # fmt: skip
 
 

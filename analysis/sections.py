@@ -18,7 +18,15 @@ from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
 from analysis import figures
-from began.metrics.registry import is_objective_name, quality_name_prefixes
+from began.metrics.manifold import METRICS as KNN_METRICS
+from began.metrics.registry import (
+    find_logged,
+    is_objective_name,
+    metric_direction,
+    quality_name_prefixes,
+)
+from studies.collapse import is_collapsed, near_collapse_signs
+from studies.pruning import HealthRule
 from studies.records import best_trials
 from studies.schema import OBJECTIVE_PREFIX
 
@@ -71,6 +79,42 @@ def quality_columns(runs: pd.DataFrame) -> list[str]:
     return found
 
 
+def knn_columns(runs: pd.DataFrame) -> dict[str, str]:
+    """{precision/recall/density/coverage: its final column}, each at the largest count
+    logged (the steadiest estimate), for the metrics some trial logged."""
+    found: dict[str, tuple[int, str]] = {}
+    for column in runs.columns:
+        metric = find_logged(column.removeprefix("final_")) if column.startswith("final_") else None
+        if metric is None or metric[0].name not in KNN_METRICS or runs[column].isna().all():
+            continue
+        count = _count_of(column.removeprefix(f"final_{metric[0].name}_"))
+        if metric[0].name not in found or count > found[metric[0].name][0]:
+            found[metric[0].name] = (count, column)
+    return {name: found[name][1] for name in KNN_METRICS if name in found}
+
+
+def _count_of(text: str) -> int:
+    return int(text[:-1]) * 1000 if text.endswith("k") else int(text)
+
+
+def final_metrics(row: pd.Series) -> dict[str, float]:
+    """A frame row's final metrics by logged name, as the study stored them."""
+    return {str(k).removeprefix("final_"): float(v) for k, v in row.items()
+            if str(k).startswith("final_") and pd.notna(v)}  # fmt: skip
+
+
+def collapse_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per trial: 'collapsed', 'near collapse' (studies.collapse) or ''."""
+
+    def label(row: pd.Series) -> str:
+        final = final_metrics(row)
+        if is_collapsed(final, HealthRule.collapse_ssim):
+            return "collapsed"
+        return "near collapse" if near_collapse_signs(final) else ""
+
+    return runs.apply(label, axis=1) if len(runs) else pd.Series(dtype=str)
+
+
 def window_points(inputs: ReportInputs, run_id: str) -> int:
     """The rolling window in logged points: metrics are logged every `log_every` steps."""
     row = inputs.runs.loc[inputs.runs["run_id"] == run_id]
@@ -103,6 +147,7 @@ def summary(inputs: ReportInputs) -> Section:
         table["of_steps"] = runs["steps"].astype("Int64")
     table["wall_s"] = runs["wall_s"].round(1)
     table["images_per_s"] = runs["run_id"].map(speed).round(1)
+    table["collapse"] = collapse_labels(runs)
     table["reason"] = runs["reason"].fillna("").where(runs["current"], "retried: " +
                                                        runs["reason"].fillna(""))  # fmt: skip
     table.columns = [c.removeprefix(OBJECTIVE_PREFIX).removeprefix("final_") for c in table.columns]
@@ -117,8 +162,10 @@ def summary(inputs: ReportInputs) -> Section:
 _SUMMARY_HELP = (
     "One row per trial: its parameters, objective(s), state and, for pruned or failed trials, "
     "why. `steps` is the last logged step (of `of_steps` planned); `images_per_s` the median "
-    "training speed. The chart shows the first objective per trial; lower is better when "
-    "the study minimises it."
+    "training speed. `collapse`: 'collapsed' (diversity SSIM >= 0.9) or 'near collapse' "
+    "(pairwise SSIM 75% or more of the way from the real images' figure to 1, or coverage or "
+    "recall < 0.1 with real-looking samples): the generator repeats a few faces. The chart "
+    "shows the first objective per trial; lower is better when the study minimises it."
 )
 
 
@@ -239,32 +286,47 @@ def mglobal_vs_quality(inputs: ReportInputs) -> Section:
     # Only complete trials: a pruned or failed one's last values are from an earlier step.
     done = runs[runs["state"] == "COMPLETE"]
     data = done[["trial", "gamma", "final_m_global_mean", metric]].dropna()
-    rows = [_spearman("all", data, metric)]
-    rows += [_spearman(f"gamma={g:g}", group, metric) for g, group in data.groupby("gamma")]
+    # FID (else the first metric) first, then fidelity and diversity apart (knn_columns).
+    others = [c for c in knn_columns(done).values() if c != metric]
+    rows = [row for m in [metric, *others] for row in _spearman_rows(done, m)]
     table = pd.DataFrame(rows)
     fig = figures.mglobal_scatter(data, metric, table) if len(data) else None
-    notes = [
-        f"quality metric: {metric.removeprefix('final_')}; complete trials only; "
-        "rho needs 3 or more"
-    ]
+    names = ", ".join(m.removeprefix("final_") for m in [metric, *others])
+    notes = [f"quality metrics: {names}; complete trials only; rho needs 3 or more"]
     return Section("mglobal", "Does M_global predict quality?", _MG_HELP, table, fig, notes)
 
 
+def _spearman_rows(done: pd.DataFrame, metric: str) -> list[dict[str, object]]:
+    """rho of M_global against `metric` over all complete trials, then within each gamma."""
+    data = done[["gamma", "final_m_global_mean", metric]].dropna()
+    rows = [_spearman("all", data, metric)]
+    rows += [_spearman(f"gamma={g:g}", group, metric) for g, group in data.groupby("gamma")]
+    better = "lower" if metric_direction(metric.removeprefix("final_")) == "minimize" else "higher"
+    return [{"metric": metric.removeprefix("final_"), **row, "better": better} for row in rows]
+
+
 def _spearman(group: str, data: pd.DataFrame, metric: str) -> dict[str, object]:
-    rho, p = math.nan, math.nan
-    if len(data) >= 3 and data["final_m_global_mean"].nunique() > 1 and data[metric].nunique() > 1:
-        result = spearmanr(data["final_m_global_mean"], data[metric])
-        rho, p = float(result.statistic), float(result.pvalue)
+    rho, p = spearman(data["final_m_global_mean"], data[metric])
     return {"group": group, "n": len(data), "spearman_rho": rho, "p_value": p}
+
+
+def spearman(x: pd.Series, y: pd.Series) -> tuple[float, float]:
+    """Spearman's rho and its p-value; NaN for fewer than 3 points or a constant side."""
+    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
+        return math.nan, math.nan
+    result = spearmanr(x, y)
+    return float(result.statistic), float(result.pvalue)
 
 
 _MG_HELP = (
     "The paper proposes M_global as a convergence measure that tracks image quality. Here: "
     "Spearman's rank correlation between each trial's final M_global (mean over the last "
-    "evaluation window) and its quality metric, across all trials and within each gamma. "
-    "rho near +1 (for a lower-is-better metric) means M_global ranks runs as the metric "
-    "does. M_global contains gamma L(x), so across gammas its level shifts with gamma: "
-    "the within-gamma figures are the fair ones."
+    "evaluation window) and each quality metric (FID, else the first one logged; then "
+    "precision, recall, density and coverage where logged), across all trials and within "
+    "each gamma. M_global is lower-is-better, so rho near +1 for a lower-is-better metric "
+    "(`better`: lower), or near -1 for a higher-is-better one, means M_global ranks runs as "
+    "the metric does. M_global contains gamma L(x), so across gammas its level shifts with "
+    "gamma: the within-gamma figures are the fair ones."
 )
 
 

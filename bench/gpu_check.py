@@ -10,6 +10,8 @@ runs on a bare GPU image with the project's tree beside it. Prints, batch 16:
 - aggregate images/s of 1, 2 and 4 concurrent training processes on the device;
 - Inception-v3 images/s (the bundled TF network when installed, else torchvision's
   architecture with random weights: the same FLOPs);
+- seconds of precision, recall, density and coverage (one k-NN pass, float32) and of FID
+  on 10k random 2048-d features (skipped where scipy/scikit-image are missing);
 - correctness: project and baseline losses from the same weights, data and z over
   the first steps, and bf16 against fp32.
 """
@@ -127,6 +129,19 @@ def inception_row(device: torch.device, batch: int) -> None:
     )
 
 
+def knn_row(device: torch.device, count: int) -> None:
+    """The k-NN metrics beside FID on `count` random 2048-d features (bench.eval_speed)."""
+    what = f"precision/recall/density/coverage, {count:,} samples: cached / cold radii"
+    try:  # began.metrics needs scipy and scikit-image, which a bare GPU image may lack
+        from bench.eval_speed import feature_metric_seconds
+    except ImportError as error:
+        row(what, f"skipped: {first_line(error)}")
+        return
+    seconds = feature_metric_seconds(count, device)
+    row(what, f"{seconds['knn_warm_s']:.2f} / {seconds['knn_cold_s']:.2f} s "
+              f"(FID {seconds['fid_s']:.2f} s)")  # fmt: skip
+
+
 def correctness_rows(device: torch.device, size: int, filters: int, steps: int = 5) -> None:
     """Same weights, data and z: the project's step and the plain loop must agree."""
     cfg = TrainConfig(image_size=size, filters=filters, batch_size=16, seed=3)
@@ -172,12 +187,14 @@ def main() -> None:
         speed_rows(device, 16, 8, ["fp32", "bf16"], steps=5)
         concurrent_rows(device, [1, 2], 16, 8)
         inception_row(device, 4)
+        knn_row(device, 200)
     else:
         correctness_rows(device, 64, 64)
         speed_rows(device, 64, 64, ["fp32", "bf16", "bf16+compile", "bf16+cudagraphs"], steps=100)
         speed_rows(device, 128, 128, ["fp32", "bf16"], steps=50)
         concurrent_rows(device, [1, 2, 4], 64, 64)
         inception_row(device, 200)
+        knn_row(device, 10_000)
     print(json.dumps({"rows": ROWS}))
 
 

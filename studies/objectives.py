@@ -5,6 +5,8 @@
     diversity                  diversity_gap: |SSIM of samples - of real pairs|  minimize
     recon                      recon_psnr                                        maximize
     sharpness                  blur_effect                                       minimize
+    precision, recall          precision_N / recall_N (fidelity / diversity)     maximize
+    density, coverage          density_N / coverage_N (fidelity / diversity)     maximize
     a logged name              fid_5k, recon_ssim, diversity_ssim, ...          as the registry says
 
 A metric an objective needs is added to the run's --metrics when missing, and so

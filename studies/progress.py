@@ -16,6 +16,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from studies.collapse import (
+    MEANING,
+    NEAR_COLLAPSE_SHARE,
+    is_collapsed,
+    near_collapse_signs,
+    ssim_share,
+)
 from studies.hints import next_steps
 from studies.queue import is_retry
 from studies.records import best_trials
@@ -38,8 +45,13 @@ def format_values(spec: StudySpec, values: list[float] | None) -> str:
 
 
 def collapsed(trial: FrozenTrial, threshold: float) -> bool:
-    ssim = trial.user_attrs.get(FINAL_ATTR, {}).get("diversity_ssim")
-    return ssim is not None and ssim >= threshold
+    return is_collapsed(trial.user_attrs.get(FINAL_ATTR, {}), threshold)
+
+
+def near_collapse(trial: FrozenTrial, threshold: float) -> list[str]:
+    """The signs of near collapse (studies.collapse) of a trial not already collapsed."""
+    final = trial.user_attrs.get(FINAL_ATTR, {})
+    return [] if is_collapsed(final, threshold) else near_collapse_signs(final)
 
 
 def trial_line(spec: StudySpec, trial: FrozenTrial) -> str:
@@ -63,6 +75,8 @@ def trial_line(spec: StudySpec, trial: FrozenTrial) -> str:
             f"\n  ! COLLAPSED: diversity SSIM {final['diversity_ssim']:.3f} (real images "
             f"{final.get('diversity_ssim_real', math.nan):.3f}): the samples look alike"
         )
+    elif signs := near_collapse(trial, spec.health.collapse_ssim):
+        line += f"\n  ! NEAR COLLAPSE: {'; '.join(signs)}\n    {MEANING}"
     return line
 
 
@@ -137,15 +151,19 @@ class StudyProgress:
 
 
 # Pairwise SSIM this far above the real images' own is a visibly less varied set of
-# faces (the demo's gamma 0.3 trial: 0.86 against 0.24 for LFW), short of collapse.
+# faces (the demo's gamma 0.5 trial: 0.61 against 0.24), short of near collapse.
 LESS_VARIED_MARGIN = 0.25
 
 
 def diversity_verdict(final: dict[str, float], threshold: float) -> str:
-    """The final diversity in words: collapsed, less varied than real faces, or like them."""
+    """The final diversity in words: collapsed, near collapse, less varied than real faces,
+    or like them."""
     ssim, real = final["diversity_ssim"], final.get("diversity_ssim_real", math.nan)
+    share = ssim_share(final)
     if ssim >= threshold:
         verdict = "COLLAPSED: the samples look alike"
+    elif share is not None and share >= NEAR_COLLAPSE_SHARE:
+        verdict = f"NEAR COLLAPSE, {share:.0%} of the way to identical samples"
     elif ssim - real > LESS_VARIED_MARGIN:
         verdict = "less varied than the real faces"
     else:
@@ -183,6 +201,11 @@ def summary(spec: StudySpec, study: optuna.Study, seconds: float | None) -> str:
     n_collapsed = sum(1 for t in trials if collapsed(t, threshold))
     if n_collapsed:
         lines.append(f"! {n_collapsed} trial(s) ended collapsed (diversity SSIM >= {threshold:g})")
+    near = [t.number for t in trials if near_collapse(t, threshold)]
+    if near:
+        lines.append(
+            f"! {len(near)} trial(s) ended near collapse ({', '.join(map(str, near))}): {MEANING}"
+        )
     if not best:
         lines.append("no trial completed yet")
     lines.append("next (from this folder):")

@@ -72,6 +72,7 @@ def _real_statistics(spec: StudySpec, device_name: str) -> None:
         resolve_device(device_name),
         spec.cache_dir,
         cfg.feature_network or None,
+        max_reference=cfg.reference_size,
     )
 
 

@@ -14,10 +14,17 @@ from optuna.trial import TrialState
 
 from began.loop import TrainingDiverged, TrainResult, train
 from began.tracking import MlflowTracker
+from studies.collapse import collapse_warning
 from studies.pruning import TrialMonitor
 from studies.records import trial_tracker
 from studies.retry import retrying
-from studies.schema import FINAL_ATTR, FINAL_M_GLOBAL, FINAL_STEP, RUN_ID_ATTR
+from studies.schema import (
+    COLLAPSE_WARNING_TAG,
+    FINAL_ATTR,
+    FINAL_M_GLOBAL,
+    FINAL_STEP,
+    RUN_ID_ATTR,
+)
 from studies.space import suggest
 from studies.spec import StudySpec
 
@@ -47,6 +54,9 @@ def run_trial(
     except TrainingDiverged as error:  # NaN: the health rule's first case, found mid-window
         return TrialOutcome(tracker, TrialState.PRUNED, None, f"diverged: {error}")
     _record_final(trial, result)
+    warning = collapse_warning(_final_metrics(result), spec.health.collapse_ssim)
+    if warning:  # on the run, where mlflow ui and the report show it
+        tracker.set_tags({COLLAPSE_WARNING_TAG: warning})
     if result.stopped_early:
         return TrialOutcome(tracker, TrialState.PRUNED, None, result.stop_reason, result.step)
     values = [o.value(result.final.m_global, result.final.metrics) for o in spec.objectives]
@@ -56,8 +66,12 @@ def run_trial(
     return TrialOutcome(tracker, TrialState.COMPLETE, values, None, result.step)
 
 
-def _record_final(trial: optuna.Trial, result: TrainResult) -> None:
+def _final_metrics(result: TrainResult) -> dict[str, float]:
     final = {FINAL_STEP: result.step, FINAL_M_GLOBAL: result.final.m_global,
              **result.final.metrics}  # fmt: skip
-    finite = {k: v for k, v in final.items() if math.isfinite(v)}
+    return {k: v for k, v in final.items() if math.isfinite(v)}
+
+
+def _record_final(trial: optuna.Trial, result: TrainResult) -> None:
+    finite = _final_metrics(result)
     retrying(lambda: trial.set_user_attr(FINAL_ATTR, finite))

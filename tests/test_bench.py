@@ -27,3 +27,10 @@ def test_gpu_check_times_the_bundled_inception_with_its_preprocessing():
     gpu_check.inception_row(CPU, batch=1)
     [(what, value)] = gpu_check.ROWS
     assert "TF 2015-12-05 Inception" in what and float(value) > 0
+
+
+def test_gpu_check_times_the_knn_metrics_beside_fid():
+    gpu_check.ROWS.clear()
+    gpu_check.knn_row(CPU, 50)
+    [(what, value)] = gpu_check.ROWS
+    assert "precision/recall/density/coverage, 50 samples" in what and "FID" in value

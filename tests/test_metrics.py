@@ -378,9 +378,10 @@ def test_parse_metrics_rejects_bad_items_with_one_line(spec: str) -> None:
     assert all(name in message for name in known_metrics())
 
 
-def test_fid_and_kid_are_the_metrics_scored_on_network_features() -> None:
+def test_fid_kid_and_the_knn_metrics_are_the_ones_scored_on_network_features() -> None:
     # Runs that request these get a feature_network tag: their scores depend on the network.
-    assert {n for n in known_metrics() if get_metric(n).uses_feature_network} == {"fid", "kid"}
+    on_features = {n for n in known_metrics() if get_metric(n).uses_feature_network}
+    assert on_features == {"fid", "kid", "precision", "recall", "density", "coverage"}
 
 
 def test_metric_direction_of_every_logged_name() -> None:

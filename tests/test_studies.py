@@ -207,6 +207,7 @@ def test_health_rule_prunes_a_collapsed_trial_and_skips_its_models(tmp_path):
     assert trial.user_attrs["last_evaluation"]["step"] == 4  # stopped at the first evaluation
     client, _, [run] = child_runs(tmp_path, "collapse")
     assert run.data.tags["stop_reason"].startswith("collapsed")
+    assert run.data.tags["collapse_warning"].startswith("collapsed: diversity SSIM")
     assert client.search_logged_models([run.info.experiment_id]) == []  # no model upload
 
 

@@ -1,4 +1,5 @@
-"""Image-quality metrics: FID, KID, diversity (SSIM), reconstruction, sharpness.
+"""Image-quality metrics: FID, KID, diversity (SSIM), reconstruction, sharpness, and
+precision, recall, density and coverage (fidelity and diversity apart).
 
     requests = parse_metrics(cfg.metrics)          # at config time: fails early on typos
     values = evaluate(requests, EvalInputs(...))   # {logged name: float}

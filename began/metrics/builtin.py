@@ -8,15 +8,26 @@ Logged names (an API: studies pick objectives by them) and default counts:
     diversity_gap                     minimize  |diversity_ssim - diversity_ssim_real|
     recon_psnr, recon_ssim            maximize  held-out images, up to 1000
     blur_effect[, _real]              minimize  256 images
+    precision_{count}, recall_{count} maximize  k-NN manifolds, k = 3 (default 1000)
+    density_{count}, coverage_{count} maximize  real k-NN balls, k = 5 (default 1000)
 
 The `_real` figures are the same measure on real images: the value a good
 generator should approach (lowest is not best for diversity: noise scores ~0).
+The last four are scored on the same features as FID, against a fixed random subset
+of the reference features as large as the generated set (began/metrics/manifold.py).
 """
 
 from __future__ import annotations
 
 from began.metrics.context import EvalContext, EvalInputs
 from began.metrics.frechet import fid_to_features, kernel_inception_distance
+from began.metrics.manifold import (
+    DC_NEIGHBOURS,
+    METRICS,
+    as_tensor,
+    cached_real_manifold,
+    manifold_metrics,
+)
 from began.metrics.registry import MetricRequest, format_count, get_metric, register_metric
 from began.metrics.sharpness import mean_blur_effect
 from began.metrics.ssim import diversity_ssim, reconstruction_quality
@@ -100,11 +111,40 @@ def sharpness(ctx: EvalContext, num_samples: int) -> dict[str, float]:
     }
 
 
+def _manifold_scores(ctx: EvalContext, num_samples: int) -> dict[str, float]:
+    """All four k-NN figures at one count: one distance pass shared by the four metrics."""
+
+    def compute() -> dict[str, float]:
+        real = cached_real_manifold(ctx.real_stats(), num_samples, ctx.device)
+        fake = as_tensor(ctx.sample_features(num_samples), ctx.device)  # (n, D)
+        return manifold_metrics(real, fake)
+
+    return ctx.shared(("manifold", num_samples), compute)
+
+
+def _register_manifold_metric(name: str) -> None:
+    def metric(ctx: EvalContext, num_samples: int) -> dict[str, float]:
+        return {f"{name}_{format_count(num_samples)}": _manifold_scores(ctx, num_samples)[name]}
+
+    metric.__doc__ = f"{name} of num_samples generated images (began/metrics/manifold.py)."
+    register_metric(
+        name,
+        default_count=1000,
+        min_count=DC_NEIGHBOURS + 1,  # k-NN radii need more than k points, k = 5 at most
+        logged={f"{name}_{{count}}": "maximize"},
+        uses_feature_network=True,
+    )(metric)
+
+
+for _name in METRICS:  # registered after the others: reports list FID, KID, ... first
+    _register_manifold_metric(_name)
+
+
 def evaluate(requests: list[MetricRequest], inputs: EvalInputs) -> dict[str, float]:
     """Run the requested metrics on one G and D; returns {logged name: value}.
 
     Samples are generated once (as many as the largest request needs) and shared;
-    features of samples are extracted once and shared by FID and KID.
+    features of samples are extracted once and shared by every metric on features.
     """
     if not requests:
         return {}

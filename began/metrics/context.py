@@ -2,21 +2,26 @@
 
 Samples are generated once, as many as the largest request needs, and every
 metric reads a prefix of them; Inception features of the samples are extracted
-once and shared by FID and KID; the real statistics are loaded (or computed)
-once per evaluation.
+once and shared by FID, KID, precision, recall, density and coverage; the real
+statistics are loaded (or computed) once per evaluation; a result several metrics
+read (the four k-NN figures come from one pass over one distance matrix) is
+computed once per evaluation too (`EvalContext.shared`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from began.metrics import inception
 from began.metrics.real_stats import MAX_REFERENCE, RealStats, real_statistics, reference_indices
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,7 +37,7 @@ class EvalInputs:
     cache_dir: Path | None = None  # None: $BEGAN_CACHE_DIR, $XDG_CACHE_HOME/began, ~/.cache/began
     feature_network: str | None = None  # TorchScript file; None: $BEGAN_FEATURE_NETWORK or bundled
     batch_size: int = 64  # images per generate / feature-extraction / SSIM batch
-    max_reference: int = MAX_REFERENCE  # real images in the FID/KID reference statistics, at most
+    max_reference: int = MAX_REFERENCE  # real images in the reference features, at most
 
 
 class EvalContext:
@@ -46,6 +51,7 @@ class EvalContext:
         self._features: list[np.ndarray] = []  # (B, D) float32 chunks, for samples[:n]
         self._num_features = 0
         self._real_stats: RealStats | None = None
+        self._shared: dict[Hashable, Any] = {}
 
     @torch.no_grad()
     def samples(self, n: int) -> torch.Tensor:
@@ -98,3 +104,10 @@ class EvalContext:
         """A fixed random subset of up to n real images, uint8 (n, 3, S, S)."""
         real = self.inputs.real_images
         return real[reference_indices(real.shape[0], min(n, real.shape[0]))]
+
+    def shared(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()`'s result, once per evaluation and `key`: what several metrics read,
+        such as the one k-NN pass behind precision, recall, density and coverage."""
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]

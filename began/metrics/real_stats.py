@@ -92,17 +92,23 @@ def _load(path: Path, meta: str) -> RealStats | None:
     return RealStats(mu, sigma, features, path)
 
 
-def _save_atomic(path: Path, meta: str, stats: RealStats) -> None:
+def save_npz_atomic(path: Path, meta: str, arrays: dict[str, np.ndarray]) -> None:
+    """`arrays` and their cache key's JSON `meta` into `path`, whole or not at all: a temp
+    file in the same folder, then os.replace, so a concurrent reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            arrays = {"mu": stats.mu, "sigma": stats.sigma, "features": stats.features}
             np.savez(f, meta=np.array(meta), **arrays)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _save_atomic(path: Path, meta: str, stats: RealStats) -> None:
+    arrays = {"mu": stats.mu, "sigma": stats.sigma, "features": stats.features}
+    save_npz_atomic(path, meta, arrays)
 
 
 def real_statistics(
@@ -142,7 +148,11 @@ def real_statistics(
     reference = real_images  # (N, 3, S, S); a copy only when a subset is needed
     if num_reference < num_images:
         reference = real_images[reference_indices(num_images, num_reference)]  # (N_ref, 3, S, S)
-    features = inception.extract_features(reference, device, network_path, batch_size)
+    # Minutes to hours on a CPU (LFW: 13,194 images), once per dataset: say so while it runs.
+    label = f"real-image features ({network_path.name}, once per dataset, cached)"
+    features = inception.extract_features(
+        reference, device, network_path, batch_size, progress=label
+    )
     mu, sigma = feature_statistics(features)
     stats = RealStats(mu, sigma, features.astype(np.float32), path)
     _save_atomic(path, meta, stats)

@@ -50,5 +50,6 @@ def score(
         device=device,
         cache_dir=cache_dir,
         feature_network=cfg.feature_network or None,
+        max_reference=cfg.reference_size,
     )
     return evaluate(requests, inputs)
