@@ -9,6 +9,8 @@ each of them and says in one line what the study shows, or why it cannot say.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from analysis import figures
@@ -72,15 +74,18 @@ def verdict(table: pd.DataFrame, columns: dict[str, str]) -> str:
     rhos = dict(zip(usable["metric"], usable["spearman_rho"], strict=True))
     more = [m for m, rho in rhos.items() if rho >= CLEAR_RHO]
     less = [m for m, rho in rhos.items() if rho <= -CLEAR_RHO]
-    flat = [m for m in rhos if m not in more and m not in less]
+    same = [m for m, rho in rhos.items() if math.isnan(rho)]  # one value in every trial
+    flat = [m for m in rhos if m not in more and m not in less and m not in same]
     said = [f"{word} {_names(found)}" for word, found in (("more", more), ("less", less)) if found]
     if said:
         text = f"higher gamma gave {' and '.join(said)}"
         text += f"; no clear trend in {_names(flat)}" if flat else ""
     else:
-        text = f"gamma showed no clear trend in {_names(flat)}"
-    figures_ = ", ".join(f"{m} {rho:+.2f}" for m, rho in rhos.items())
-    return f"{text}: rho {figures_}, n {_counts(usable['n'])}"
+        text = f"gamma showed no clear trend in {_names(flat)}" if flat else "gamma changed nothing"
+    if same:
+        text += f"; {_names(same)} did not vary between trials"
+    figures_ = ", ".join(f"{m} {rho:+.2f}" for m, rho in rhos.items() if not math.isnan(rho))
+    return f"{text}: rho {figures_ or 'undefined'}, n {_counts(usable['n'])}"
 
 
 def _names(metrics: list[str]) -> str:

@@ -3,7 +3,9 @@
 A 50-run report needs 300 metric histories: fetched one by one they take minutes over
 a remote server. Here they are fetched by a thread pool (the calls wait on I/O) and
 kept on disk per run, keyed by the run's status and end time: a finished run's history
-never changes, so the second report reads pickles; a running run is always refetched.
+never changes, so the second report reads Parquet files; a running run is always
+refetched. The cache holds data only (Parquet, never pickles): a cache folder someone
+else can write to cannot make the report run their code.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def _run_history(uri: str, run_id: str, keys: list[str], folder: Path) -> pd.Dat
     status, end_time, logged = store.run_state(uri, run_id)
     finished = status in ("FINISHED", "FAILED", "KILLED")
     stamp = f"{status}:{end_time}"
-    path = folder / f"{run_id}.pkl"
-    cached = _read_cache(path, stamp) if finished else {}
+    path = _cache_path(folder, run_id, stamp)
+    cached = _read_cache(path) if finished else {}
     wanted = [k for k in keys if k in logged]  # never logged: nothing to fetch
     missing = [k for k in wanted if k not in cached]
     for key in missing:
@@ -76,24 +78,40 @@ def _run_history(uri: str, run_id: str, keys: list[str], folder: Path) -> pd.Dat
         if finished:
             _MEMORY[(uri, run_id, key)] = cached[key]
     if finished and missing:
-        _write_cache(path, stamp, cached)
+        _write_cache(path, cached)
     frames = [cached[k].assign(run_id=run_id, key=k) for k in wanted if len(cached[k])]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _read_cache(path: Path, stamp: str) -> dict[str, pd.DataFrame]:
+def _cache_path(folder: Path, run_id: str, stamp: str) -> Path:
+    """One file per run and state: a run that ended again (resumed) gets a new name."""
+    return folder / f"{run_id}.{hashlib.sha256(stamp.encode()).hexdigest()[:12]}.parquet"
+
+
+def _read_cache(path: Path) -> dict[str, pd.DataFrame]:
     try:
-        stored = pd.read_pickle(path)
+        stored = pd.read_parquet(path)  # (key, step, value): data, nothing that runs
     except Exception:  # absent, truncated or from another pandas: fetch again
         return {}
-    return dict(stored["frames"]) if stored.get("stamp") == stamp else {}
+    return {
+        key: group[["step", "value"]].reset_index(drop=True)
+        for key, group in stored.groupby("key", sort=False)
+    }
 
 
-def _write_cache(path: Path, stamp: str, frames: dict[str, pd.DataFrame]) -> None:
+def _write_cache(path: Path, frames: dict[str, pd.DataFrame]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    long = pd.concat(
+        [frame.assign(key=key) for key, frame in frames.items()] or [pd.DataFrame()],
+        ignore_index=True,
+    )
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    pd.to_pickle({"stamp": stamp, "frames": frames}, partial)
+    long.reindex(columns=["key", "step", "value"]).to_parquet(partial, index=False)
     os.replace(partial, path)  # atomic: a concurrent report never reads half a file
+    run_id = path.name.split(".", 1)[0]
+    for stale in path.parent.glob(f"{run_id}.*.parquet"):  # the run's earlier states
+        if stale != path:
+            stale.unlink(missing_ok=True)
 
 
 def list_images(
@@ -128,6 +146,6 @@ def fetch_image(
 def cache_info(cache_dir: Path | None, tracking_uri: str) -> dict[str, Any]:
     """What the history cache holds for a store (for the benchmark's printout)."""
     folder = _store_dir(cache_dir, tracking_uri)
-    files = list(folder.glob("*.pkl"))
+    files = list(folder.glob("*.parquet"))
     return {"folder": str(folder), "runs": len(files),
             "bytes": sum(f.stat().st_size for f in files)}  # fmt: skip

@@ -3,7 +3,9 @@ network. Logged as run tags when a run starts (`run_tags`)."""
 
 from __future__ import annotations
 
+import os
 import platform
+import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -58,9 +60,13 @@ BUILTIN_NOTE = (
 )
 
 
+PROCESS_TAG = "process"  # host:pid of the process that last started (or continued) the run
+
+
 def run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict[str, str]:
     """The tags a run starts with: what it ran on and what it was trained and scored on."""
     tags = {
+        PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}",
         "git_commit": git_commit(),
         "packages": package_versions(),
         "device": str(device),

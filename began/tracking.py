@@ -16,12 +16,10 @@ import copy
 import os
 import tempfile
 import time
-import urllib.request
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 import numpy as np
 import torch
@@ -34,6 +32,7 @@ from began.errors import TrackingError, first_line
 from began.remote_checkpoints import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
 from began.remote_checkpoints import RemoteCheckpoints
 from began.retry import retrying
+from began.urls import check_tracking_uri, local_path, mask_url
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 DEFAULT_EXPERIMENT = "began"
@@ -45,39 +44,13 @@ RESUME_COUNT_TAG = "resume_count"  # how many times a run was continued from a c
 ERROR_TAG = "error"  # why a run ended FAILED or KILLED
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag that nests a run under another
 MODELS_TAG = "models_logged"  # "true" once the final models are in the run
-__all__ = ["CHECKPOINT_ARTIFACT_DIR", "TrackingError"]  # re-exported: callers import them here
+# Re-exported: callers import them from here.
+__all__ = ["CHECKPOINT_ARTIFACT_DIR", "TrackingError", "check_tracking_uri", "mask_url"]
 
 
 # Longest values the MLflow stores accept; longer ones are cut, not refused.
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 5000
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***: safe for params, logs and reports."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-
-
-def check_tracking_uri(uri: str | None, option: str = "--tracking-uri") -> None:
-    """An MLflow server that does not answer is a one-line error before any work starts,
-    not minutes of MLflow's own retries later. Local stores need no check."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri or not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
-            pass
-    except Exception as error:
-        reason = getattr(error, "reason", None) or error
-        raise TrackingError(
-            f"{option} {mask_url(uri)}: cannot reach the MLflow server ({reason})"
-        ) from None
 
 
 class Tracker(Protocol):
@@ -102,14 +75,6 @@ class Tracker(Protocol):
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def finish(self, status: str, error: str | None = None) -> None: ...
     def close(self) -> None: ...  # write what is queued; the status stays as it is
-
-
-def _local_path(uri: str) -> Path | None:
-    """The folder behind a file artifact URI, or None for remote stores."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return Path(unquote(parsed.path))
-    return None
 
 
 class MlflowTracker:
@@ -156,7 +121,7 @@ class MlflowTracker:
     def _attach(self, run: Any) -> None:
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
-        self.artifact_dir = _local_path(run.info.artifact_uri)
+        self.artifact_dir = local_path(run.info.artifact_uri)
         self._writer = BackgroundWriter(self._write)
         self._remote = RemoteCheckpoints(self.client, self.run_id, self._enqueue)
 
@@ -217,19 +182,19 @@ class MlflowTracker:
             tags = {**tags, RESUME_COUNT_TAG: str(count + 1)}
             if run.info.status != RUNNING:
                 self.client.update_run(self.run_id, status=RUNNING)
+            self._set_tags(tags)
         else:
-            self._log_params(cfg.to_dict())
+            # Params and tags in one write: a run has params exactly when it was started,
+            # whatever moment a kill lands, so resume_count counts restarts exactly.
+            self.client.log_batch(self.run_id, params=_params(cfg.to_dict()), tags=_tags(tags))
             self.client.log_text(self.run_id, cfg.to_json(), "config.json")
-        self._set_tags(tags)
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Params, each cut to MLflow's length limit (MLflow refuses changing a logged one)."""
         with_retries(lambda: self._log_params(params), f"logging params of run {self.run_id}")
 
     def _log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        entries = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        entries = _params(params)
         for start in range(0, len(entries), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=entries[start : start + MAX_PARAMS_PER_BATCH])
 
@@ -301,10 +266,7 @@ class MlflowTracker:
         with_retries(lambda: self._set_tags(tags), "tagging the run")
 
     def _set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        entries = [RunTag(key, str(value)[:MAX_TAG_LENGTH]) for key, value in tags.items()]
-        self.client.log_batch(self.run_id, tags=entries)
+        self.client.log_batch(self.run_id, tags=_tags(tags))
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Write what is queued, then end the run with `status` (and why, if it failed)."""
@@ -320,6 +282,36 @@ class MlflowTracker:
                 f"marking run {self.run_id} {status}",
             )
             self._remote.remove()
+
+
+def _params(params: dict[str, Any]) -> list[Any]:
+    """MLflow Param entries, each value cut to the stores' length limit."""
+    from mlflow.entities import Param
+
+    return [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+
+
+def _tags(tags: dict[str, Any]) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    return [RunTag(key, str(value)[:MAX_TAG_LENGTH]) for key, value in tags.items()]
+
+
+def find_runs(tracking_uri: str, experiment: str, tags: dict[str, str]) -> list[tuple[str, dict]]:
+    """(run id, tags) of the experiment's runs whose tags include `tags`, oldest first: how
+    a study finds a run that a killed process created but never recorded."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    found = with_retries(lambda: client.get_experiment_by_name(experiment), "reading runs")
+    if found is None:
+        return []
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+    runs = with_retries(
+        lambda: client.search_runs([found.experiment_id], query, order_by=["start_time ASC"]),
+        f"searching the runs of {experiment}",
+    )
+    return [(run.info.run_id, dict(run.data.tags)) for run in runs]
 
 
 def experiment_id(client: Any, name: str) -> str:

@@ -28,9 +28,12 @@ from studies.connection import absolute_sqlite, check_storage_url
 from studies.objectives import resolve_objectives
 from studies.pruning import PRUNERS, HealthRule, make_pruner, pruner_warning
 from studies.runner import WorkerSlot, run_study
+from studies.space import check_space
 from studies.spec import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, StudySpec, config_fingerprint
 from studies.study import SAMPLERS
 from studies.worker import cpu_threads
+
+MAX_SAMPLER_SEED = 2**31 - 1  # worker i samples with seed + i: well inside 32 bits
 
 
 class OptionError(ValueError):
@@ -186,6 +189,11 @@ def study_spec(
     default_objective = "fid" if cfg.data else "diversity"
     objectives, metrics = resolve_objectives(args.objectives or default_objective, cfg.metrics)
     cfg = replace(cfg, metrics=metrics)
+    check_space(space, cfg)
+    if not 0 <= args.sampler_seed <= MAX_SAMPLER_SEED:  # numpy's RandomState takes 32 bits
+        raise OptionError(
+            f"--sampler-seed: must be in [0, {MAX_SAMPLER_SEED}], got {args.sampler_seed}"
+        )
     make_pruner(args.pruner, len(objectives))
     health = HealthRule(args.divergence_factor, args.collapse_ssim, args.prune_patience)
     if args.heartbeat < 1:

@@ -1,13 +1,6 @@
 """Where a study's records live: the storage URL, its SQLAlchemy engine and the locks that
-serialise what the database itself cannot (study set-up across hosts, taking trials on
-SQLite).
-
-Heartbeats: every running trial's worker writes a heartbeat; a trial silent for longer
-than the grace period (its worker was killed, its machine lost power) is failed by the
-next worker that looks, and `RetryHeartbeatStaleTrialCallback` queues a copy of it with
-the same params and user attributes, `mlflow_run_id` among them, so the retry
-continues the same MLflow run from its last checkpoint.
-"""
+serialise what the database itself cannot (study set-up across hosts, taking trials and
+failing stale ones on SQLite). Heartbeats and retries: `studies.queue`."""
 
 from __future__ import annotations
 
@@ -61,15 +54,10 @@ def open_storage(spec: StudySpec) -> RDBStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs(url),
-                heartbeat_interval=spec.heartbeat_s,
-                grace_period=2 * spec.heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=spec.max_retries
-                ),
-            )
+            # Heartbeats are written and judged by studies.queue (which also fails trials that
+            # never beat); the storage's own interval only marks it as one that beats.
+            return RDBStorage(url, engine_kwargs=engine_kwargs(url),
+                              heartbeat_interval=spec.heartbeat_s)  # fmt: skip
     except Exception as error:
         raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line(error)}") from None
 

@@ -24,9 +24,8 @@ from studies.collapse import (
     ssim_share,
 )
 from studies.hints import next_steps
-from studies.queue import is_retry
 from studies.records import best_trials
-from studies.schema import FINAL_ATTR, REASON_ATTR, RETRY_HISTORY_ATTR, RUN_ID_ATTR
+from studies.schema import CONTINUES_ATTR, FINAL_ATTR, REASON_ATTR, RUN_ID_ATTR
 from studies.spec import StudySpec
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -172,10 +171,7 @@ def diversity_verdict(final: dict[str, float], threshold: float) -> str:
 
 
 def _retried(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:
-    return any(
-        is_retry(t) and t.system_attrs.get(RETRY_HISTORY_ATTR, [])[-1:] == [trial.number]
-        for t in trials
-    )
+    return any(t.system_attrs.get(CONTINUES_ATTR) == trial.number for t in trials)
 
 
 def summary(spec: StudySpec, study: optuna.Study, seconds: float | None) -> str:

@@ -1,21 +1,44 @@
-"""The trial queue of a study: taking a queued trial (a grid point or a retry), asking
-the sampler for a new one, queueing a stopped trial again, and the heartbeats that tell
-the other workers a trial is alive."""
+"""The trial queue of a study: taking a queued trial (a grid point or a retry), asking the
+sampler for a new one, queueing a stopped trial to continue, failing the trials of dead
+workers, and the heartbeats that tell the other workers a trial is alive.
+
+The rules that keep a trial from being lost, run twice or left hanging:
+- a claim writes the trial's first heartbeat at once, and a RUNNING trial that has no
+  heartbeat is stale once its claim is older than the grace period (a worker killed
+  between the two would otherwise leave it RUNNING for ever);
+- a claim is never retried blindly: one that fails after it committed becomes stale;
+- stale trials are failed under the claim lock (SQLite ignores SELECT ... FOR UPDATE:
+  two workers would both fail one trial and both queue its retry);
+- a stopped trial is queued to continue *before* it is marked FAIL, and a trial is never
+  queued to continue twice, so a second signal between the two loses nothing and doubles
+  nothing;
+- only crashes count against `--max-retries`; a Ctrl-C or a preemption is no failure.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from studies.connection import claim_lock
-from studies.optuna_private import pop_waiting_trial_id, storage_of, trial_id_of
-from studies.schema import FAILED_TRIAL_ATTR, RETRY_HISTORY_ATTR
+from studies.optuna_private import (
+    pop_waiting_trial_id,
+    stale_trial_ids,
+    storage_of,
+    trial_id_of,
+)
+from studies.schema import CONTINUES_ATTR, FAILED_TRIAL_ATTR, HEARTBEAT_ATTR, RETRY_HISTORY_ATTR
 from studies.spec import StudySpec
+
+# A trial is stale after this many heartbeat intervals without a beat: one beat lost to
+# a busy database must not fail a live trial.
+GRACE_BEATS = 3
 
 
 def is_retry(trial: FrozenTrial) -> bool:
@@ -23,8 +46,15 @@ def is_retry(trial: FrozenTrial) -> bool:
     return FAILED_TRIAL_ATTR in trial.system_attrs
 
 
+def heartbeat_of(study: optuna.Study, spec: StudySpec) -> int:
+    """The study's heartbeat interval, as its first command set it: every host beats and
+    judges staleness by the same one, whatever its own --heartbeat says."""
+    return int(study.user_attrs.get(HEARTBEAT_ATTR, spec.heartbeat_s))
+
+
 def claim_queued_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
-    """Take a WAITING trial (a grid point or a retry) and mark it RUNNING, or None.
+    """Take a WAITING trial (a grid point or a retry), mark it RUNNING and beat for it
+    once, or None.
 
     Study.ask would sample a brand-new trial when the queue is empty; a grid sweep
     must never do that (two workers could then run one point twice), so the queue
@@ -32,26 +62,61 @@ def claim_queued_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | N
     """
     with claim_lock(spec):
         trial_id = pop_waiting_trial_id(study)
+        if trial_id is not None:
+            storage_of(study).record_heartbeat(trial_id)
     return None if trial_id is None else optuna.Trial(study, trial_id)
 
 
 def new_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial:
-    """A fresh trial for the sampler to fill (search studies)."""
+    """A fresh trial for the sampler to fill (search studies), with its first beat."""
     with claim_lock(spec), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
-        return study.ask()
+        trial = study.ask()
+        storage_of(study).record_heartbeat(trial_id_of(trial))
+    return trial
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a copy of `trial` to run again, continuing its MLflow run from its checkpoint.
+def fail_stale_trials(study: optuna.Study, spec: StudySpec) -> list[int]:
+    """Fail the RUNNING trials no worker runs any more, each queued first to continue
+    (a crash: it counts against `spec.max_retries`). Returns their storage ids."""
+    storage = storage_of(study)
+    grace_s = GRACE_BEATS * heartbeat_of(study, spec)
+    failed = []
+    with claim_lock(spec):
+        for trial_id in stale_trial_ids(study, grace_s):
+            continue_later(study, storage.get_trial(trial_id), crashed=True,
+                           max_retries=spec.max_retries)  # fmt: skip
+            with contextlib.suppress(UpdateFinishedTrialError):  # finished meanwhile
+                if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                    failed.append(trial_id)
+    return failed
 
-    The same bookkeeping as RetryHeartbeatStaleTrialCallback, so a Ctrl-C'd trial and a
-    killed one look alike: `failed_trial` is the first trial of the chain.
+
+def continue_later(
+    study: optuna.Study, trial: FrozenTrial, crashed: bool, max_retries: int | None = None
+) -> bool:
+    """Queue a copy of `trial` to run again, continuing its MLflow run from its checkpoint
+    (`mlflow_run_id` is among the user attributes it keeps); False if not queued.
+
+    Never twice for one trial (a second call finds the first copy). A crash extends
+    `retry_history`, and after `max_retries` of them the trial is not queued again; a
+    stop (Ctrl-C, SIGTERM, a lost parent) does not. `failed_trial` is the first trial of
+    the chain, as in Optuna's RetryHeartbeatStaleTrialCallback.
     """
-    history = [*trial.system_attrs.get(RETRY_HISTORY_ATTR, []), trial.number]
+    others = study.get_trials(deepcopy=False)
+    if any(t.system_attrs.get(CONTINUES_ATTR) == trial.number for t in others):
+        return False
+    history = list(trial.system_attrs.get(RETRY_HISTORY_ATTR, []))
+    if crashed:
+        history.append(trial.number)
+        if max_retries is not None and len(history) > max_retries:
+            return False
     system_attrs = {
-        **trial.system_attrs, FAILED_TRIAL_ATTR: history[0], RETRY_HISTORY_ATTR: history
-    }  # fmt: skip
+        **trial.system_attrs,
+        FAILED_TRIAL_ATTR: trial.system_attrs.get(FAILED_TRIAL_ATTR, trial.number),
+        CONTINUES_ATTR: trial.number,
+        RETRY_HISTORY_ATTR: history,
+    }
     study.add_trial(
         optuna.create_trial(
             state=TrialState.WAITING,
@@ -61,23 +126,35 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
             system_attrs=system_attrs,
         )
     )
+    return True
 
 
 @contextlib.contextmanager
-def heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: float) -> Iterator[None]:
+def heartbeat(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    interval_s: float,
+    on_taken_over: Callable[[], None] = lambda: None,
+) -> Iterator[None]:
     """Beat for `trial` while the block runs, as Study.optimize does for its trials.
 
     Unlike Optuna's own thread, a failed beat (the database restarting) does not end the
     thread: it beats again at the next interval, so a short outage does not make a
-    healthy trial look dead to the other workers.
+    healthy trial look dead to the other workers. When a beat finds the trial finished
+    (another worker failed it as stale and queued its retry), `on_taken_over` is called
+    once and the beats stop: the trial and its run belong to the retry now.
     """
     storage = storage_of(study)
+    trial_id = trial_id_of(trial)
     stop = threading.Event()
 
     def beat() -> None:
         while True:
             with contextlib.suppress(Exception):
-                storage.record_heartbeat(trial_id_of(trial))
+                if storage.get_trial(trial_id).state.is_finished():
+                    on_taken_over()
+                    return
+                storage.record_heartbeat(trial_id)
             if stop.wait(interval_s):
                 return
 

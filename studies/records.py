@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from began.tables import markdown_table
-from began.tracking import MlflowTracker, mask_url
+from began.tracking import MlflowTracker, find_runs, mask_url
 from studies.queue import is_retry
 from studies.schema import (
     BASE_CONFIG_FILE,
@@ -26,6 +26,7 @@ from studies.schema import (
     BEST_RUN_TAG,
     BEST_TRIALS_MD,
     BEST_TRIALS_TAG,
+    CONTINUES_ATTR,
     FAIL_REASON_TAG,
     FAILED_TRIAL_ATTR,
     FINAL_ATTR,
@@ -49,17 +50,21 @@ from studies.spec import GRID, StudySpec
 
 
 def open_parent_run(spec: StudySpec, study: optuna.Study) -> MlflowTracker:
-    """The study's parent run: created on the first run of the study, reopened after."""
+    """The study's parent run: created on the first run of the study, reopened after (also
+    when the process that created it was killed before the study recorded it)."""
+    tags = {STUDY_NAME_TAG: spec.study_name, STUDY_KIND_TAG: spec.kind}
     known = study.user_attrs.get(PARENT_RUN_ATTR)
+    if not known:
+        created = find_runs(spec.tracking_uri, spec.experiment, tags)
+        known = created[0][0] if created else None
     if known:
         parent = MlflowTracker(spec.tracking_uri, run_id=known, run_option="the study's run")
         parent.reopen()
-        return parent
-    parent = MlflowTracker(
-        spec.tracking_uri, spec.experiment, spec.study_name,
-        tags={STUDY_NAME_TAG: spec.study_name, STUDY_KIND_TAG: spec.kind},
-    )  # fmt: skip
-    parent.create()
+        if study.user_attrs.get(PARENT_RUN_ATTR) == known:
+            return parent
+    else:
+        parent = MlflowTracker(spec.tracking_uri, spec.experiment, spec.study_name, tags=tags)
+        parent.create()
     params: dict[str, Any] = {
         "study_name": spec.study_name,
         "storage": mask_url(spec.storage),
@@ -83,19 +88,36 @@ def open_parent_run(spec: StudySpec, study: optuna.Study) -> MlflowTracker:
 
 def trial_tracker(spec: StudySpec, trial: optuna.Trial, parent_run_id: str) -> MlflowTracker:
     """The trial's run: its own from an earlier attempt (a retry continues it), or a new one."""
-    earlier = trial.user_attrs.get(RUN_ID_ATTR)
+    tags = {STUDY_NAME_TAG: spec.study_name, TRIAL_NUMBER_TAG: str(trial.number)}
+    earlier = trial.user_attrs.get(RUN_ID_ATTR) or _unrecorded_run(spec, trial)
     if earlier:
         tracker = MlflowTracker(spec.tracking_uri, run_id=earlier, run_option="trial run")
-    else:
-        tracker = MlflowTracker(
-            spec.tracking_uri, spec.experiment, f"trial-{trial.number}", parent_run_id=parent_run_id
-        )
+        tracker.set_tags({**tags, RETRIED_AS_TAG: str(trial.number)})
+        return tracker
+    # Tagged as it is created: a kill before the trial records the run id leaves a run its
+    # retry can still find (`_unrecorded_run`), not one left RUNNING for ever.
+    tracker = MlflowTracker(spec.tracking_uri, spec.experiment, f"trial-{trial.number}",
+                            parent_run_id=parent_run_id, tags=tags)  # fmt: skip
     tracker.create()
-    tags = {STUDY_NAME_TAG: spec.study_name, TRIAL_NUMBER_TAG: str(trial.number)}
-    if earlier:
-        tags[RETRIED_AS_TAG] = str(trial.number)
-    tracker.set_tags(tags)
     return tracker
+
+
+def _unrecorded_run(spec: StudySpec, trial: optuna.Trial) -> str | None:
+    """The run an earlier attempt of this retry created before it was killed, before the
+    trial had recorded it; None for a first attempt."""
+    trials = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
+    chain, earlier = set(), trials[trial.number].system_attrs.get(CONTINUES_ATTR)
+    while earlier is not None and earlier not in chain:
+        chain.add(earlier)
+        earlier = trials[earlier].system_attrs.get(CONTINUES_ATTR)
+    if not chain:
+        return None
+    runs = find_runs(spec.tracking_uri, spec.experiment, {STUDY_NAME_TAG: spec.study_name})
+    for run_id, tags in runs:
+        number = tags.get(TRIAL_NUMBER_TAG, "")
+        if number.isdigit() and int(number) in chain and STUDY_KIND_TAG not in tags:
+            return run_id  # (the parent run has a STUDY_KIND_TAG, trials' runs none)
+    return None
 
 
 def record_trial_end(

@@ -26,6 +26,7 @@ BASE_CONFIG_ATTR = "base_config"  # TrainConfig.to_dict() every trial derives fr
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment"
 KIND_ATTR = "kind"  # GRID or SEARCH (studies.spec)
+HEARTBEAT_ATTR = "heartbeat_s"  # the interval every host beats at and judges staleness by
 
 # --- Optuna: a trial's user attributes --------------------------------------------------
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run, set before training starts
@@ -37,7 +38,8 @@ FINAL_M_GLOBAL = "m_global"  # the mean M_global of the last evaluation window
 
 # --- Optuna: a trial's system attributes (Optuna's retry bookkeeping) ---------------------
 FAILED_TRIAL_ATTR = "failed_trial"  # on a retry: the first trial of its chain
-RETRY_HISTORY_ATTR = "retry_history"  # on a retry: the trials before it, oldest first
+RETRY_HISTORY_ATTR = "retry_history"  # on a retry: the crashed trials before it, oldest first
+CONTINUES_ATTR = "continues_trial"  # on a retry: the trial it continues (crashed or stopped)
 FIXED_PARAMS_ATTR = "fixed_params"  # on a queued trial: the params it was queued with
 
 # --- Trial states, by name (as Optuna and the runs' tags spell them) ----------------------

@@ -16,6 +16,8 @@ range that reaches gamma 1.5 is refused before any trial starts.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,6 +105,37 @@ def _check_values(name: str, distribution: BaseDistribution, item: str) -> None:
             TrainConfig(**{name: value})
         except ConfigError as error:
             raise SpaceError(f"--space: {item}: {error}") from None
+
+
+# Corners of a space checked at most (bounds or choices of every field, combined); past
+# this, each field is checked alone against the base config.
+MAX_CORNERS = 4096
+
+
+def check_space(space: dict[str, BaseDistribution], base: TrainConfig) -> None:
+    """Every corner of the space (each field at a bound or a choice, all combined) must
+    make a valid config with the study's base config: `--lr 5e-5 --space
+    lr_min=1e-5:1e-4` would otherwise fail trials at run time (lr_min above lr)."""
+    edges = {name: _edges(d) for name, d in space.items()}
+    if math.prod(len(values) for values in edges.values()) <= MAX_CORNERS:
+        combos = itertools.product(*edges.values())
+        corners = [dict(zip(edges, combo, strict=True)) for combo in combos]
+    else:
+        corners = [{name: value} for name, values in edges.items() for value in values]
+    for corner in corners:
+        try:
+            dataclasses.replace(base, **corner)
+        except ConfigError as error:
+            shown = ", ".join(f"{name}={value}" for name, value in corner.items())
+            raise SpaceError(
+                f"--space: {shown} (with the other options) is no valid config: {error}"
+            ) from None
+
+
+def _edges(distribution: BaseDistribution) -> list[Any]:
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    return [distribution.low, distribution.high]
 
 
 def parse_space(spec: str) -> dict[str, BaseDistribution]:

@@ -15,6 +15,7 @@ from studies.schema import (
     BASE_CONFIG_ATTR,
     EXPERIMENT_ATTR,
     FIXED_PARAMS_ATTR,
+    HEARTBEAT_ATTR,
     KIND_ATTR,
     OBJECTIVES_ATTR,
 )
@@ -42,6 +43,8 @@ def prepare_study(spec: StudySpec) -> optuna.Study:
     study.set_user_attr(BASE_CONFIG_ATTR, spec.base_config.to_dict())
     study.set_user_attr(EXPERIMENT_ATTR, spec.experiment)
     study.set_user_attr(KIND_ATTR, spec.kind)
+    if HEARTBEAT_ATTR not in study.user_attrs:  # the first command's: every host uses it
+        study.set_user_attr(HEARTBEAT_ATTR, spec.heartbeat_s)
     with warnings.catch_warnings():  # set_metric_names is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # optuna-dashboard then labels the axes by objective, not "Objective 0".

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import optuna
 from optuna.trial import TrialState
 
+from began.interrupts import StopFlag
 from began.loop import TrainingDiverged, TrainResult, train
 from began.tracking import MlflowTracker
 from studies.collapse import collapse_warning
@@ -39,7 +40,11 @@ class TrialOutcome:
 
 
 def run_trial(
-    trial: optuna.Trial, spec: StudySpec, device: str, parent_run_id: str
+    trial: optuna.Trial,
+    spec: StudySpec,
+    device: str,
+    parent_run_id: str,
+    taken_over: StopFlag | None = None,
 ) -> TrialOutcome:
     params = suggest(trial, spec.space)  # a queued grid point, a retry's params, or sampled
     cfg = replace(spec.base_config, **params, device=device)
@@ -50,6 +55,7 @@ def run_trial(
         result = train(
             cfg, tracker, should_stop=monitor, cache_dir=spec.cache_dir,
             log_models_when_stopped=False,  # a pruned trial's models are not worth the upload
+            stop_flag=taken_over,  # another worker took the trial over: stop, touch nothing
         )  # fmt: skip
     except TrainingDiverged as error:  # NaN: the health rule's first case, found mid-window
         return TrialOutcome(tracker, TrialState.PRUNED, None, f"diverged: {error}")

@@ -4,8 +4,10 @@ waiting trials), checked against the MLflow and Optuna records they come from.""
 import base64
 import io
 import math
+import pickle
 import re
 import signal
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -246,3 +248,28 @@ def test_spearman_rho_of_m_global_against_fid_matches_hand_computed_values():
     assert table.loc["all", "spearman_rho"] == pytest.approx(0.8)
     assert table.loc["gamma=0.5", "spearman_rho"] == pytest.approx(0.5)
     assert table.loc["gamma=0.7", "n"] == 1 and math.isnan(table.loc["gamma=0.7", "spearman_rho"])
+
+
+class Planted:
+    """A pickle that runs code when loaded: what a writable cache folder could hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_the_history_cache_never_unpickles(here, tmp_path):
+    runs = load_runs(study=NAME)
+    run_id = runs.loc[runs["state"] == "COMPLETE", "run_id"].iloc[0]
+    cache = tmp_path / "cache"
+    load_history([run_id], ["m_global"], cache_dir=cache)  # fills the cache
+    [store] = [p for p in cache.iterdir() if p.is_dir()]
+    marker = tmp_path / "code-ran"
+    for name in (f"{run_id}.pkl", *[p.name for p in store.glob(f"{run_id}.*")]):
+        with open(store / name, "wb") as f:
+            pickle.dump(Planted(marker), f)
+    again = load_history([run_id], ["m_global"], cache_dir=cache)
+    assert not marker.exists(), "the report ran code from its cache folder"
+    assert len(again) > 0  # the planted files were treated as damaged and fetched again

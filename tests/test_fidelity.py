@@ -135,6 +135,10 @@ def test_fidelity_section_gives_rho_of_gamma_and_the_verdict_in_words() -> None:
         (trials(fid_1k=[1.0, 2.0, 3.0, 4.0]), "cannot say: no complete trial logged precision"),
         (trials(recall_1k=[0.2, 0.2, 0.3, 0.3]), "higher gamma gave more recall: rho "
          "recall_1k +0.89, n 4"),
+        # The LFW study's case: no sample manifold reached a real image at any gamma.
+        (trials(precision_1k=[0.13, 0.04, 0.012, 0.006], recall_1k=[0.0] * 4),
+         "higher gamma gave less precision; recall did not vary between trials: rho "
+         "precision_1k -1.00, n 4"),
     ],
 )  # fmt: skip
 def test_fidelity_verdict_says_why_it_cannot_say(runs, expected) -> None:

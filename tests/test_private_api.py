@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import time
 
 import optuna
 
-from studies.optuna_private import pop_waiting_trial_id, storage_of, trial_id_of
+from studies.optuna_private import pop_waiting_trial_id, stale_trial_ids, storage_of, trial_id_of
 
 
 def test_pop_waiting_trial_id_signature() -> None:
@@ -30,3 +31,19 @@ def test_adapter_on_a_real_study(tmp_path) -> None:
     frozen = storage_of(study).get_trial(trial_id_of(trial))
     assert frozen.state == optuna.trial.TrialState.RUNNING
     assert frozen.params == {} and frozen.system_attrs["fixed_params"] == {"x": 1.0}
+
+
+def test_stale_trials_read_from_the_heartbeat_table(tmp_path) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, study_name="stale")
+    assert isinstance(study._study_id, int), f"optuna {optuna.__version__}: Study._study_id"
+    for _ in range(3):
+        study.enqueue_trial({})
+    silent, beating, fresh = (pop_waiting_trial_id(study) for _ in range(3))
+    storage.record_heartbeat(beating)
+    time.sleep(2.2)
+    storage.record_heartbeat(fresh)  # beat just now
+    assert stale_trial_ids(study, grace_s=1.0) == sorted([silent, beating])
+    assert stale_trial_ids(study, grace_s=60.0) == []
+    study.tell(optuna.Trial(study, silent), state=optuna.trial.TrialState.FAIL)
+    assert stale_trial_ids(study, grace_s=1.0) == [beating]  # finished trials never are

@@ -1,0 +1,88 @@
+"""Chaos: a real 6-point sweep with 2 workers and a 1-s heartbeat, SIGKILLed many times at
+seeded random moments (the whole process group, one worker, or only the parent) and
+restarted after each kill, then run to the end. Whatever was killed when, every point
+must end COMPLETE exactly once, in one FINISHED MLflow run whose resume_count is the
+number of kills that hit it, with the objective of an unbroken run; nothing may hang,
+stay RUNNING or be left running.
+
+`CHAOS_SEEDS=0,1,2,...` (default 0) replays or widens the seeds; `CHAOS_KILLS` (8) sets
+the kills per seed. Marked `chaos` (and `integration` for PostgreSQL): `scripts/test -m
+chaos` runs them; .ci/run does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.chaos import Chaos, chaos, group_pids
+from tests.servers import postgres_available, postgres_cluster
+
+SEEDS = [int(s) for s in os.environ.get("CHAOS_SEEDS", "0").split(",")]
+KILLS = int(os.environ.get("CHAOS_KILLS", "8"))
+POINTS = {(gamma, seed) for gamma in (0.3, 0.5, 0.7) for seed in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory) -> dict[tuple[float, int], float]:
+    """The sweep's objectives, run once without a kill."""
+    folder = tmp_path_factory.mktemp("unbroken")
+    run = Chaos(folder, f"sqlite:///{folder}/optuna.db", f"sqlite:///{folder}/mlflow.db")
+    assert run.run_to_the_end().returncode == 0, (folder / "sweep.log").read_text()[-3000:]
+    study = optuna.load_study(study_name=run.name, storage=run.storage)
+    return {(t.params["gamma"], t.params["seed"]): t.values[0] for t in study.trials}
+
+
+def check(run: Chaos, unbroken: dict[tuple[float, int], float], started: float) -> None:
+    trials = optuna.load_study(study_name=run.name, storage=run.storage).get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    points = sorted((t.params["gamma"], t.params["seed"]) for t in complete)
+    assert points == sorted(POINTS), "every point COMPLETE exactly once"
+    client = mlflow.MlflowClient(run.tracking_uri)
+    experiment = client.get_experiment_by_name(run.name).experiment_id
+    runs = client.search_runs([experiment])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == len(POINTS), "one MLflow run per point"
+    assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+    by_run = {t.user_attrs["mlflow_run_id"]: t for t in complete}
+    assert set(by_run) == {r.info.run_id for r in children}
+    for child in children:
+        resumed = int(child.data.tags.get("resume_count", "0"))
+        assert resumed == run.hits[child.info.run_id], (child.info.run_id, run.kills)
+        trial = by_run[child.info.run_id]
+        expected = unbroken[(trial.params["gamma"], trial.params["seed"])]
+        assert trial.values[0] == pytest.approx(expected, rel=1e-6), "differs from unbroken"
+    for pgid in run.pgids:
+        assert group_pids(pgid) == [], f"process group {pgid} left processes behind"
+    print(f"chaos: {len(run.kills)} kills ({', '.join(run.kills)}), "
+          f"{sum(run.hits.values())} hit a training run, {len(trials)} trials, "
+          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_sweep_killed_at_random_ends_complete_once(tmp_path, unbroken, seed):
+    started = time.monotonic()
+    run = chaos(tmp_path, f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db",
+                seed, KILLS)  # fmt: skip
+    check(run, unbroken, started)
+
+
+@pytest.mark.chaos
+@pytest.mark.integration
+@pytest.mark.skipif(not postgres_available(), reason="PostgreSQL (initdb, pg_ctl) not installed")
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_sweep_on_postgresql_killed_at_random_ends_complete_once(tmp_path, unbroken, seed):
+    started = time.monotonic()
+    with postgres_cluster() as cluster:
+        run = chaos(Path(tmp_path), cluster["url"]["optuna"], cluster["url"]["mlflow"],
+                    seed, KILLS)  # fmt: skip
+        check(run, unbroken, started)

@@ -1,0 +1,268 @@
+"""Fault paths of a study, each the reproduction of a way a trial was lost, run twice or
+left hanging: a kill between a claim and its first heartbeat, a claim that fails after it
+committed, two workers failing one stale trial, hosts with different heartbeats, a trial
+taken over by a retry, preemptions, a second signal, a parent killed alone."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+import began.loop as loop_module
+import studies.queue as queue_module
+import studies.trial as trial_module
+import studies.worker as worker_module
+from began.tracking import FAILED, FINISHED, MlflowTracker
+from studies.optuna_private import pop_waiting_trial_id, storage_of
+from studies.study import load_study, prepare_study
+from tests.test_studies import TINY, child_runs, run_worker_here, tiny_spec, trials, worker_pids
+
+BEAT_S = 1  # the tests' heartbeat: a trial is stale after GRACE_BEATS of them
+GRACE_S = queue_module.GRACE_BEATS * BEAT_S
+
+
+def beating_spec(folder, name, gammas, **kwargs):
+    return replace(tiny_spec(folder, name, gammas, **kwargs), heartbeat_s=BEAT_S)
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """A hang becomes a failure: SIGALRM raises inside whatever is waiting."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"still waiting after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_trial_claimed_before_its_first_heartbeat_is_retried_after_the_grace(tmp_path):
+    spec = beating_spec(tmp_path, "claimed", [0.5])
+    study = prepare_study(spec)
+    pop_waiting_trial_id(study)  # a worker took it, then was killed before its first beat
+    time.sleep(GRACE_S + 1.0)
+    taken = worker_module.next_trial(load_study(spec), spec, time.monotonic())
+    assert isinstance(taken, optuna.Trial), "the worker waits for a trial nobody runs"
+    first, retry = trials(tmp_path, "claimed")
+    assert first.state == TrialState.FAIL and retry.system_attrs["failed_trial"] == 0
+
+
+def test_a_claim_that_fails_after_it_committed_is_never_claimed_again(tmp_path, monkeypatch):
+    spec = beating_spec(tmp_path, "claim", [0.3, 0.5])
+    real_pop = queue_module.pop_waiting_trial_id
+    broken = []
+
+    def pop_then_lose_the_connection(study):
+        trial_id = real_pop(study)
+        if not broken:  # the claim committed; its answer never arrived
+            broken.append(trial_id)
+            raise sqlalchemy.exc.OperationalError("UPDATE trials", {}, ConnectionResetError())
+        return trial_id
+
+    monkeypatch.setattr(queue_module, "pop_waiting_trial_id", pop_then_lose_the_connection)
+    with time_limit(120):
+        assert run_worker_here(spec) == 0
+    done = trials(tmp_path, "claim")
+    complete = sorted(t.params["gamma"] for t in done if t.state == TrialState.COMPLETE)
+    assert complete == [0.3, 0.5]  # each point once, the orphaned claim continued by a retry
+    assert not [t for t in done if t.state == TrialState.RUNNING]
+
+
+def test_two_workers_failing_one_stale_trial_take_turns(tmp_path, monkeypatch):
+    spec = beating_spec(tmp_path, "stale", [0.5])
+    study = prepare_study(spec)
+    trial_id = pop_waiting_trial_id(study)
+    storage_of(study).record_heartbeat(trial_id)
+    time.sleep(GRACE_S + 1.0)  # its worker died
+    workers = [load_study(spec, index) for index in range(2)]
+    writes = []
+    for worker_study in workers:
+        storage = storage_of(worker_study)
+
+        def slow_write(trial_id, state, values=None, real=storage.set_trial_state_values):
+            began = time.monotonic()
+            time.sleep(0.5)  # a slow database: the window in which two writers overlap
+            try:
+                return real(trial_id, state, values)
+            finally:
+                writes.append((began, time.monotonic()))
+
+        monkeypatch.setattr(storage, "set_trial_state_values", slow_write)
+    threads = [
+        threading.Thread(target=worker_module.next_trial, args=(s, spec, time.monotonic()))
+        for s in workers
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writes.sort()
+    assert all(end <= start for (_, end), (start, _) in zip(writes, writes[1:], strict=False))
+    retries = [t for t in trials(tmp_path, "stale") if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1
+
+
+def test_the_grace_period_is_the_study_s_not_each_host_s(tmp_path):
+    spec = replace(tiny_spec(tmp_path, "beat", [0.5]), heartbeat_s=2)
+    study = prepare_study(spec)  # the study beats every 2 s
+    trial_id = pop_waiting_trial_id(study)
+    storage_of(study).record_heartbeat(trial_id)
+    time.sleep(4.5)  # one beat lost and a little more: alive with the study's margin
+    host = replace(spec, heartbeat_s=1)  # another host started with --heartbeat 1
+    prepare_study(host)
+    assert worker_module.next_trial(load_study(host), host, time.monotonic()) is worker_module.WAIT
+    [trial] = trials(tmp_path, "beat")
+    assert trial.state == TrialState.RUNNING
+
+
+def test_a_trial_taken_over_by_its_retry_stops_without_failing_the_shared_run(
+    tmp_path, monkeypatch
+):
+    spec = beating_spec(tmp_path, "taken", [0.5], steps=400,
+                        extra=["--checkpoint-every", "20", "--eval-every", "200"])  # fmt: skip
+    real_step = loop_module.train_step
+    taken_over = []
+
+    def step(*args):
+        state, metrics = real_step(*args)
+        if state.step == 30 and not taken_over:
+            # Another worker stopped seeing this trial's beats: it fails the trial and
+            # queues its retry, which will continue the same MLflow run.
+            study = optuna.load_study(study_name="taken", storage=spec.storage)
+            [running] = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+            storage_of(study).set_trial_state_values(running._trial_id, TrialState.FAIL)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(3)(study, running)
+            taken_over.append(time.monotonic())
+        return state, metrics
+
+    ended = []
+    real_finish = MlflowTracker.finish
+
+    def finish(self, status, error=None):
+        ended.append(status)
+        return real_finish(self, status, error)
+
+    monkeypatch.setattr(loop_module, "train_step", step)
+    monkeypatch.setattr(MlflowTracker, "finish", finish)
+    with time_limit(300):
+        assert run_worker_here(spec) == 0
+    assert FAILED not in ended  # the shared run was never marked FAILED
+    first, retry = trials(tmp_path, "taken")
+    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    _, _, [run] = child_runs(tmp_path, "taken")
+    assert run.info.status == FINISHED and run.data.tags["resume_count"] == "1"
+
+
+def test_a_trial_that_raises_outside_training_ends_its_run_failed(tmp_path, monkeypatch):
+    spec = tiny_spec(tmp_path, "raises", [0.5])
+
+    def broken_monitor(*args):
+        raise RuntimeError("lost the storage while setting up the trial")
+
+    monkeypatch.setattr(trial_module, "TrialMonitor", broken_monitor)  # after its run exists
+    assert run_worker_here(spec) == 0
+    [trial] = trials(tmp_path, "raises")
+    assert trial.state == TrialState.FAIL
+    client, _, [run] = child_runs(tmp_path, "raises")
+    assert run.info.status == FAILED
+    assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def preempt(study, spec):
+    """A worker takes the next queued trial and is stopped by Ctrl-C before it trains."""
+    trial = optuna.Trial(study, pop_waiting_trial_id(study))
+    stop = worker_module.StopRequest()
+    stop.requested = True
+    assert worker_module.run_and_tell(study, trial, spec, "cpu", "", stop) is True
+
+
+def test_preemptions_do_not_use_up_the_retries_of_a_crash(tmp_path):
+    spec = beating_spec(tmp_path, "preempt", [0.5])
+    study = prepare_study(spec)
+    for _ in range(spec.max_retries + 1):  # more Ctrl-Cs than a crash may be retried
+        preempt(study, spec)
+    trial_id = pop_waiting_trial_id(study)  # then a kill -9 mid-trial
+    storage_of(study).record_heartbeat(trial_id)
+    time.sleep(GRACE_S + 1.0)
+    taken = worker_module.next_trial(load_study(spec), spec, time.monotonic())
+    assert isinstance(taken, optuna.Trial), "the crash was not retried: the point restarts at 0"
+
+
+@pytest.mark.parametrize("lands_in", ["continue_later", "_tell"])
+def test_a_second_signal_while_stopping_never_loses_or_doubles_the_trial(
+    tmp_path, monkeypatch, lands_in
+):
+    spec = beating_spec(tmp_path, "second", [0.5])
+    study = prepare_study(spec)
+    real = getattr(worker_module, lands_in)
+
+    def then_a_second_signal(*args, **kwargs):
+        if lands_in == "_tell":
+            real(*args, **kwargs)  # ... or after the trial was told FAIL
+        raise KeyboardInterrupt  # the second Ctrl-C lands before the stop is recorded ...
+
+    monkeypatch.setattr(worker_module, lands_in, then_a_second_signal)
+    with pytest.raises(KeyboardInterrupt):
+        preempt(study, spec)
+    monkeypatch.setattr(worker_module, lands_in, real)
+    time.sleep(GRACE_S + 1.0)
+    taken = worker_module.next_trial(load_study(spec), spec, time.monotonic())
+    assert isinstance(taken, optuna.Trial), "the stopped trial was lost"
+    waiting = [t for t in trials(tmp_path, "second") if t.state == TrialState.WAITING]
+    assert waiting == [], "the stopped trial was queued twice"
+
+
+CHECKPOINTS = "mlruns/*/*/artifacts/checkpoints/last.pt"
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited orphan waits for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_stop_when_their_parent_is_killed_alone(tmp_path):
+    args = [sys.executable, "-m", "studies.gamma_sweep", *TINY, "--steps", "1200",
+            "--eval-every", "600", "--sample-every", "1200", "--checkpoint-every", "300",
+            "--gammas", "0.5", "--workers", "1", "--study-name", "orphan",
+            "--heartbeat", str(BEAT_S)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    parent = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(CHECKPOINTS)):
+        time.sleep(0.2)  # until the trial has trained a while
+    [worker] = worker_pids(parent.pid)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and running(worker):
+        time.sleep(0.2)
+    assert not running(worker), "the worker trains on, an orphan"
+    # It stopped as on Ctrl-C: a checkpoint, its run KILLED, the trial queued to continue.
+    _, [parent_run], [run] = child_runs(tmp_path, "orphan")
+    assert run.info.status == "KILLED"
+    assert [t.state for t in trials(tmp_path, "orphan")] == [TrialState.FAIL, TrialState.WAITING]
+    rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    _, _, [run] = child_runs(tmp_path, "orphan")
+    assert run.info.status == "FINISHED" and run.data.tags["resume_count"] == "1"
