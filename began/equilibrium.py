@@ -6,7 +6,9 @@
     k_t+1    = clip(k_t + lambda_k * (gamma * L(x) - L(G(z_G))), 0, 1)
     M_global = L(x) + |gamma * L(x) - L(G(z_G))|
 
-All inputs and outputs are tensors so that nothing here forces a host sync.
+All inputs and outputs are tensors so that nothing here forces a host sync. Each works
+elementwise, so the same functions serve one run (scalars) and a pack of N trials
+trained as one model (N-vectors of losses, k, gamma and lambda_k).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ def reconstruction_loss(v: torch.Tensor, reconstruction: torch.Tensor) -> torch.
 
 
 def per_image_reconstruction_loss(v: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-    """L for each image of a batch, (B,); its mean over a part of the batch is L of that part."""
-    return (v - reconstruction).abs().flatten(1).mean(dim=1)
+    """L for each image of a batch: (B,) for (B, 3, S, S), (N, B) for a pack of N trials'
+    batches (N, B, 3, S, S); its mean over part of a batch is L of that part."""
+    return (v - reconstruction).abs().mean(dim=(-3, -2, -1))
 
 
 def discriminator_loss(
@@ -36,7 +39,9 @@ def generator_loss(loss_fake: torch.Tensor) -> torch.Tensor:
     return loss_fake
 
 
-def balance(loss_real: torch.Tensor, loss_fake: torch.Tensor, gamma: float) -> torch.Tensor:
+def balance(
+    loss_real: torch.Tensor, loss_fake: torch.Tensor, gamma: float | torch.Tensor
+) -> torch.Tensor:
     """gamma L(x) - L(G(z)): positive when D reconstructs fakes too well; ~0 at equilibrium."""
     return gamma * loss_real - loss_fake
 
@@ -45,13 +50,15 @@ def update_k(
     k: torch.Tensor,
     loss_real: torch.Tensor,
     loss_fake: torch.Tensor,
-    gamma: float,
-    lambda_k: float,
+    gamma: float | torch.Tensor,
+    lambda_k: float | torch.Tensor,
 ) -> torch.Tensor:
     """k_t+1 = clip(k_t + lambda_k (gamma L(x) - L(G(z_G))), 0, 1)."""
     return (k + lambda_k * balance(loss_real, loss_fake, gamma)).clamp(0.0, 1.0)
 
 
-def m_global(loss_real: torch.Tensor, loss_fake: torch.Tensor, gamma: float) -> torch.Tensor:
+def m_global(
+    loss_real: torch.Tensor, loss_fake: torch.Tensor, gamma: float | torch.Tensor
+) -> torch.Tensor:
     """M_global = L(x) + |gamma L(x) - L(G(z_G))|, the paper's convergence measure."""
     return loss_real + balance(loss_real, loss_fake, gamma).abs()

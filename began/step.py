@@ -7,6 +7,11 @@ both updates, as the TF reference did (cheaper: one G and one D forward fewer).
 
 Nothing here reads a value back to the host: k, the losses and M_global stay on
 the device until the trainer logs them.
+
+The same step trains a pack of N trials of one architecture as one model
+(`began.pack`): then G and D map (N, B, ...) to (N, B, ...), the losses, k, gamma and
+lambda_k are N-vectors, and each trial's loss reaches only its own weights (the
+backward of a sum gives every term the gradient it has alone).
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from began.config import TrainConfig
 from began.equilibrium import (
     balance,
     discriminator_loss,
@@ -32,11 +37,26 @@ from began.equilibrium import (
 STEP_METRICS = ("m_global", "k", "loss_d", "loss_g", "loss_real", "loss_fake", "balance")
 
 
+class StepRule(Protocol):
+    """What a step reads of a config: a TrainConfig, or a pack's with N-vector gamma and
+    lambda_k (`began.pack.PackRule`)."""
+
+    gamma: float | torch.Tensor
+    lambda_k: float | torch.Tensor
+    shared_fake: bool
+    precision: str
+
+
+class Optimizer(Protocol):
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def step(self) -> object: ...
+
+
 @dataclass
 class TrainState:
     """Training state that is not inside a module or optimizer."""
 
-    k: torch.Tensor  # 0-d float tensor on the training device: k_t of the next step
+    k: torch.Tensor  # 0-d (a pack: (N,)) float tensor on the device: k_t of the next step
     step: int = 0  # steps completed
 
 
@@ -64,48 +84,51 @@ def _autocast(x: torch.Tensor, precision: str) -> torch.autocast:
 def train_step(
     G: nn.Module,
     D: nn.Module,
-    opt_G: torch.optim.Optimizer,
-    opt_D: torch.optim.Optimizer,
+    opt_G: Optimizer,
+    opt_D: Optimizer,
     x: torch.Tensor,
     z_D: torch.Tensor,
     z_G: torch.Tensor,
     state: TrainState,
-    cfg: TrainConfig,
+    cfg: StepRule,
 ) -> tuple[TrainState, dict[str, torch.Tensor]]:
-    """One step on a real batch x (B, 3, S, S) in [-1, 1] and noise z_D, z_G (B, h).
+    """One step on a real batch x (B, 3, S, S) in [-1, 1] and noise z_D, z_G (B, h), or on
+    a pack's (N, B, 3, S, S) and (N, B, h).
 
     Returns the next state and the step's metrics (see STEP_METRICS); `k` in
     the metrics is the k_t this step used, the state carries k_t+1.
     """
     opt_D.zero_grad(set_to_none=True)
     opt_G.zero_grad(set_to_none=True)
-    batch = x.shape[0]
+    batch = x.shape[-4]
     with _autocast(x, cfg.precision):
         if cfg.shared_fake:
             fake = G(z_G)  # (B, 3, S, S): one fake batch for both updates
-            loss_real = per_image_reconstruction_loss(x, D(x).float()).mean()
-            loss_fake = per_image_reconstruction_loss(fake, D(fake).float()).mean()
+            loss_real = per_image_reconstruction_loss(x, D(x).float()).mean(dim=-1)
+            loss_fake = per_image_reconstruction_loss(fake, D(fake).float()).mean(dim=-1)
             loss_fake_D = loss_fake
         else:
             with torch.no_grad():
                 fake_D = G(z_D)  # (B, 3, S, S), a constant for the D update
             fake_G = G(z_G)  # (B, 3, S, S)
-            both = torch.cat([x, fake_D])  # (2B, 3, S, S): one D forward for real and fake
-            per_image = per_image_reconstruction_loss(both, D(both).float())
-            loss_real, loss_fake_D = per_image[:batch].mean(), per_image[batch:].mean()
+            # (2B, 3, S, S): one D forward for real and fake
+            both = torch.cat([x, fake_D], dim=-4)
+            per_image = per_image_reconstruction_loss(both, D(both).float())  # (2B,)
+            loss_real = per_image[..., :batch].mean(dim=-1)
+            loss_fake_D = per_image[..., batch:].mean(dim=-1)
             with frozen(D):
-                loss_fake = per_image_reconstruction_loss(fake_G, D(fake_G).float()).mean()
+                loss_fake = per_image_reconstruction_loss(fake_G, D(fake_G).float()).mean(dim=-1)
 
     k = state.k
     loss_d = discriminator_loss(loss_real, loss_fake_D, k)
     loss_g = generator_loss(loss_fake)
     if cfg.shared_fake:
         # One D graph carries both losses: each backward writes only its own network.
-        torch.autograd.backward(loss_d, inputs=list(D.parameters()), retain_graph=True)
-        torch.autograd.backward(loss_g, inputs=list(G.parameters()))
+        torch.autograd.backward(loss_d.sum(), inputs=list(D.parameters()), retain_graph=True)
+        torch.autograd.backward(loss_g.sum(), inputs=list(G.parameters()))
     else:
         # loss_d reaches only D (fake_D is a constant), loss_g only G (D was frozen).
-        (loss_d + loss_g).backward()
+        (loss_d + loss_g).sum().backward()
     opt_D.step()
     opt_G.step()
 

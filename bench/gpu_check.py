@@ -3,8 +3,8 @@
     python -m bench.gpu_check            # on a GPU machine (bench/gpu_check.sh wraps it)
     python -m bench.gpu_check --quick    # a minute-long dry run of the same code on CPU
 
-Needs only torch, torchvision and numpy (no MLflow, nothing from the network), so it
-runs on a bare GPU image with the project's tree beside it. Prints, batch 16:
+Needs only torch, torchvision and numpy for its speed rows (nothing from the network),
+so they run on a bare GPU image with the project's tree beside it. Prints, batch 16:
 - images/s of the baseline and the project (fp32, bf16, compiled) at 64x64 n = 64
   and 128x128 n = 128;
 - aggregate images/s of 1, 2 and 4 concurrent training processes on the device;
@@ -13,7 +13,10 @@ runs on a bare GPU image with the project's tree beside it. Prints, batch 16:
 - seconds of precision, recall, density and coverage (one k-NN pass, float32) and of FID
   on 10k random 2048-d features (skipped where scipy/scikit-image are missing);
 - correctness: project and baseline losses from the same weights, data and z over
-  the first steps, and bf16 against fp32.
+  the first steps, and bf16 against fp32;
+- packed trials against separate processes, and a short real study on the device,
+  packed and unpacked (bench/gpu_pack_check.py; the study needs the project's
+  dependencies, MLflow and Optuna, and says "skipped" without them).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from began.learner import build_learner
 from began.models import sample_z
 from began.step import train_step
 from bench.baseline import baseline_step
+from bench.gpu_pack_check import pack_rows, study_rows
 from bench.train_speed import matmul_gflops, measure
 
 ROWS = []
@@ -184,12 +188,16 @@ def main() -> None:
     row("fp32 matmul GFLOP/s", f"{matmul_gflops(device):.0f}")
     if args.quick:
         correctness_rows(device, 16, 8, steps=3)
+        pack_rows(row, device, quick=True)
+        study_rows(row, device, quick=True)
         speed_rows(device, 16, 8, ["fp32", "bf16"], steps=5)
         concurrent_rows(device, [1, 2], 16, 8)
         inception_row(device, 4)
         knn_row(device, 200)
     else:
         correctness_rows(device, 64, 64)
+        pack_rows(row, device, quick=False)
+        study_rows(row, device, quick=False)
         speed_rows(device, 64, 64, ["fp32", "bf16", "bf16+compile", "bf16+cudagraphs"], steps=100)
         speed_rows(device, 128, 128, ["fp32", "bf16"], steps=50)
         concurrent_rows(device, [1, 2, 4], 64, 64)

@@ -26,6 +26,7 @@ from began.learner import resolve_device
 from began.tracking import DEFAULT_TRACKING_URI, check_tracking_uri
 from studies.connection import absolute_sqlite, check_storage_url
 from studies.objectives import resolve_objectives
+from studies.packing import auto_pack, parse_pack
 from studies.pruning import PRUNERS, HealthRule, make_pruner, pruner_warning
 from studies.runner import WorkerSlot, run_study
 from studies.space import check_space
@@ -95,6 +96,12 @@ def build_parser(prog: str, description: str, varied: frozenset[str]) -> argpars
         default=None,
         help="worker processes per device (default: 1 per GPU; on cpu, 2 when "
         "there are 2 or more cores)",
+    )
+    study.add_argument(
+        "--pack",
+        default="1",
+        help="trials each worker trains at once, as one model where they share a shape "
+        "(N, or auto: the size bench.pack_speed measured fastest on the device)",
     )
     study.add_argument(
         "--workers",
@@ -190,6 +197,7 @@ def study_spec(
     objectives, metrics = resolve_objectives(args.objectives or default_objective, cfg.metrics)
     cfg = replace(cfg, metrics=metrics)
     check_space(space, cfg)
+    parse_pack(args.pack)  # a bad --pack fails here, before anything exists
     if not 0 <= args.sampler_seed <= MAX_SAMPLER_SEED:  # numpy's RandomState takes 32 bits
         raise OptionError(
             f"--sampler-seed: must be in [0, {MAX_SAMPLER_SEED}], got {args.sampler_seed}"
@@ -235,4 +243,9 @@ def refuse_varied_options(args: argparse.Namespace, space: dict) -> None:
 
 
 def launch(spec: StudySpec, args: argparse.Namespace) -> int:
-    return run_study(spec, worker_slots(args), args.quiet)
+    slots = worker_slots(args)
+    pack = parse_pack(args.pack)
+    if pack is None:
+        pack, why = auto_pack(slots[0].device, spec.base_config.image_size)
+        print(f"--pack auto: {pack} ({why})")
+    return run_study(replace(spec, pack=pack), slots, args.quiet)

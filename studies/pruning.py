@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import optuna
 
+from began.interrupts import RunAbandoned
 from began.loop import EvalReport
 from studies.objectives import M_GLOBAL, Objective
 from studies.retry import retrying
@@ -140,6 +141,13 @@ class TrialMonitor:
         self.health.load_state_dict(state)
 
     def __call__(self, report: EvalReport) -> str | None:
+        try:
+            return self._decide(report)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker failed this trial as stale: its retry owns the run now.
+            raise RunAbandoned(f"trial {self.trial.number} was finished elsewhere") from None
+
+    def _decide(self, report: EvalReport) -> str | None:
         values = {o.logged: o.value(report.m_global, report.metrics) for o in self.objectives}
         shown = {"step": report.step, **{k: v for k, v in values.items() if math.isfinite(v)}}
         retrying(lambda: self.trial.set_user_attr(LAST_EVALUATION_ATTR, shown))

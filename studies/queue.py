@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -129,39 +129,51 @@ def continue_later(
     return True
 
 
-@contextlib.contextmanager
-def heartbeat(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    interval_s: float,
-    on_taken_over: Callable[[], None] = lambda: None,
-) -> Iterator[None]:
-    """Beat for `trial` while the block runs, as Study.optimize does for its trials.
+class Heartbeats:
+    """One thread that beats for every trial a worker holds (a pack holds several), as
+    Study.optimize does for its one trial.
 
     Unlike Optuna's own thread, a failed beat (the database restarting) does not end the
     thread: it beats again at the next interval, so a short outage does not make a
-    healthy trial look dead to the other workers. When a beat finds the trial finished
-    (another worker failed it as stale and queued its retry), `on_taken_over` is called
-    once and the beats stop: the trial and its run belong to the retry now.
+    healthy trial look dead to the other workers. When a beat finds a trial finished
+    (another worker failed it as stale and queued its retry), that trial's
+    `on_taken_over` is called once and it is no longer beaten for: the trial and its run
+    belong to the retry now.
     """
-    storage = storage_of(study)
-    trial_id = trial_id_of(trial)
-    stop = threading.Event()
 
-    def beat() -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                if storage.get_trial(trial_id).state.is_finished():
-                    on_taken_over()
-                    return
-                storage.record_heartbeat(trial_id)
-            if stop.wait(interval_s):
-                return
+    def __init__(self, study: optuna.Study, interval_s: float) -> None:
+        self.storage = storage_of(study)
+        self.interval_s = interval_s
+        self._held: dict[int, Callable[[], None]] = {}  # trial id -> on_taken_over
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeats", daemon=True)
+        self._thread.start()
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    def add(self, trial: optuna.Trial, on_taken_over: Callable[[], None]) -> None:
+        with self._lock:
+            self._held[trial_id_of(trial)] = on_taken_over
+
+    def remove(self, trial: optuna.Trial) -> None:
+        with self._lock:
+            self._held.pop(trial_id_of(trial), None)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with self._lock:
+                held = dict(self._held)
+            for trial_id, on_taken_over in held.items():
+                with contextlib.suppress(Exception):
+                    if self.storage.get_trial(trial_id).state.is_finished():
+                        self.remove_id(trial_id)
+                        on_taken_over()
+                    else:
+                        self.storage.record_heartbeat(trial_id)
+
+    def remove_id(self, trial_id: int) -> None:
+        with self._lock:
+            self._held.pop(trial_id, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -32,6 +32,7 @@ from studies.schema import (
     FINAL_ATTR,
     OBJECTIVE_PREFIX,
     OBJECTIVES_ATTR,
+    PACK_TAG,
     PARENT_RUN_ATTR,
     PRUNE_REASON_TAG,
     REASON_ATTR,
@@ -61,6 +62,7 @@ def open_parent_run(spec: StudySpec, study: optuna.Study) -> MlflowTracker:
         parent = MlflowTracker(spec.tracking_uri, run_id=known, run_option="the study's run")
         parent.reopen()
         if study.user_attrs.get(PARENT_RUN_ATTR) == known:
+            parent.set_tags({PACK_TAG: str(spec.pack)})  # may change from run to run
             return parent
     else:
         parent = MlflowTracker(spec.tracking_uri, spec.experiment, spec.study_name, tags=tags)
@@ -82,6 +84,7 @@ def open_parent_run(spec: StudySpec, study: optuna.Study) -> MlflowTracker:
     params |= {f"base.{k}": v for k, v in spec.base_config.to_dict().items()}
     parent.log_params(params)
     parent.log_text(spec.base_config.to_json(), BASE_CONFIG_FILE)
+    parent.set_tags({PACK_TAG: str(spec.pack)})
     study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
     return parent
 

@@ -138,7 +138,9 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool) -> int:
     done = {t.number for t in study.get_trials(deepcopy=False) if t.state in DONE_STATES}
     print(
         f"study {spec.study_name}: {len(slots)} worker(s) on "
-        f"{', '.join(sorted({s.device for s in slots}))}; storage {as_typed_here(spec.storage)}; "
+        f"{', '.join(sorted({s.device for s in slots}))}"
+        f"{f', {spec.pack} trials packed per worker' if spec.pack > 1 else ''}; "
+        f"storage {as_typed_here(spec.storage)}; "
         f"MLflow experiment {spec.experiment!r}, study run {parent.run_id}",
         flush=True,
     )

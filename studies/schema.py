@@ -57,6 +57,7 @@ FAIL_REASON_TAG = "fail_reason"
 RETRIED_AS_TAG = "retried_as_trial"  # the trial that continued this run after a retry
 BEST_TRIALS_TAG = "best_trials"  # on the parent run: the best trial numbers
 BEST_RUN_TAG = "best_run_id"  # on the parent run, single objective: the best trial's run
+PACK_TAG = "pack"  # on the parent run: trials a worker trained at once in its last run
 COLLAPSE_WARNING_TAG = "collapse_warning"  # on a trial's run: studies.collapse.collapse_warning
 
 # --- MLflow: metric prefixes ----------------------------------------------------------

@@ -44,6 +44,7 @@ class StudySpec:
     timeout_s: float | None = None  # SEARCH: no new trial starts after this long
     heartbeat_s: int = DEFAULT_HEARTBEAT_S
     max_retries: int = 3  # retries of a trial whose worker died
+    pack: int = 1  # trials a worker trains at once, as one model when they share a shape
     cache_dir: str | None = None
 
     @property

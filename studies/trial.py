@@ -1,19 +1,24 @@
 """One trial, as optuna-examples would write it: trial -> config -> train -> values.
 
-Everything around it (which trial to run, heartbeats, telling Optuna, retries)
-lives in `studies.worker`; the objectives' names and directions in `studies.objectives`.
+The training in between is the worker's (`studies.worker`), which may train several
+trials at once as one pack: `start_trial` is everything before it (the params, the
+config, the trial's MLflow run, its monitor, the run opened and resumed), and
+`trial_outcome` turns how the run ended into what Optuna is told. Which trial to run,
+heartbeats and retries are the worker's; objectives' names and directions are in
+`studies.objectives`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import optuna
 from optuna.trial import TrialState
 
+from began.config import TrainConfig
 from began.interrupts import StopFlag
-from began.loop import TrainingDiverged, TrainResult, train
+from began.loop import DataCache, OpenRun, TrainingDiverged, TrainResult, open_run
 from began.tracking import MlflowTracker
 from studies.collapse import collapse_warning
 from studies.pruning import TrialMonitor
@@ -30,6 +35,18 @@ from studies.space import suggest
 from studies.spec import StudySpec
 
 
+@dataclass
+class StartedTrial:
+    """A trial whose run is open: `run` to train, or `result` when it was already complete."""
+
+    trial: optuna.Trial
+    cfg: TrainConfig
+    tracker: MlflowTracker
+    flag: StopFlag = field(default_factory=StopFlag)  # abandon: another worker took it over
+    run: OpenRun | None = None
+    result: TrainResult | None = None
+
+
 @dataclass(frozen=True)
 class TrialOutcome:
     tracker: MlflowTracker  # the trial's MLflow run
@@ -39,45 +56,57 @@ class TrialOutcome:
     step: int = 0
 
 
-def run_trial(
+def start_trial(
     trial: optuna.Trial,
     spec: StudySpec,
     device: str,
     parent_run_id: str,
-    taken_over: StopFlag | None = None,
-) -> TrialOutcome:
+    data: DataCache,
+    signals: StopFlag | None = None,
+) -> StartedTrial:
     params = suggest(trial, spec.space)  # a queued grid point, a retry's params, or sampled
     cfg = replace(spec.base_config, **params, device=device)
     tracker = trial_tracker(spec, trial, parent_run_id)  # a new child run, or the one retried
     retrying(lambda: trial.set_user_attr(RUN_ID_ATTR, tracker.run_id))  # before training
+    started = StartedTrial(trial, cfg, tracker)
     monitor = TrialMonitor(trial, list(spec.objectives), spec.health)
-    try:
-        result = train(
-            cfg, tracker, should_stop=monitor, cache_dir=spec.cache_dir,
-            log_models_when_stopped=False,  # a pruned trial's models are not worth the upload
-            stop_flag=taken_over,  # another worker took the trial over: stop, touch nothing
-        )  # fmt: skip
-    except TrainingDiverged as error:  # NaN: the health rule's first case, found mid-window
-        return TrialOutcome(tracker, TrialState.PRUNED, None, f"diverged: {error}")
-    _record_final(trial, result)
-    warning = collapse_warning(_final_metrics(result), spec.health.collapse_ssim)
+    opened = open_run(
+        cfg, tracker, should_stop=monitor, cache_dir=spec.cache_dir,
+        log_models_when_stopped=False,  # a pruned trial's models are not worth the upload
+        stop_flag=started.flag, data=data, signals=signals,
+    )  # fmt: skip
+    if isinstance(opened, TrainResult):
+        started.result = opened
+    else:
+        started.run = opened
+    return started
+
+
+def trial_outcome(
+    started: StartedTrial, spec: StudySpec, ended: TrainResult | BaseException
+) -> TrialOutcome:
+    """What Optuna is told of a trial whose run ended so: COMPLETE with its objectives or
+    PRUNED with why; an exception other than divergence is raised."""
+    trial, tracker = started.trial, started.tracker
+    if isinstance(ended, TrainingDiverged):  # NaN: the health rule's first case, mid-window
+        return TrialOutcome(tracker, TrialState.PRUNED, None, f"diverged: {ended}")
+    if isinstance(ended, BaseException):
+        raise ended
+    final = _final_metrics(ended)
+    retrying(lambda: trial.set_user_attr(FINAL_ATTR, final))
+    warning = collapse_warning(final, spec.health.collapse_ssim)
     if warning:  # on the run, where mlflow ui and the report show it
         tracker.set_tags({COLLAPSE_WARNING_TAG: warning})
-    if result.stopped_early:
-        return TrialOutcome(tracker, TrialState.PRUNED, None, result.stop_reason, result.step)
-    values = [o.value(result.final.m_global, result.final.metrics) for o in spec.objectives]
+    if ended.stopped_early:
+        return TrialOutcome(tracker, TrialState.PRUNED, None, ended.stop_reason, ended.step)
+    values = [o.value(ended.final.m_global, ended.final.metrics) for o in spec.objectives]
     if not all(math.isfinite(v) for v in values):
         named = ", ".join(f"{o.logged}={v}" for o, v in zip(spec.objectives, values, strict=True))
         return TrialOutcome(tracker, TrialState.PRUNED, None, f"objective not finite: {named}")
-    return TrialOutcome(tracker, TrialState.COMPLETE, values, None, result.step)
+    return TrialOutcome(tracker, TrialState.COMPLETE, values, None, ended.step)
 
 
 def _final_metrics(result: TrainResult) -> dict[str, float]:
     final = {FINAL_STEP: result.step, FINAL_M_GLOBAL: result.final.m_global,
              **result.final.metrics}  # fmt: skip
     return {k: v for k, v in final.items() if math.isfinite(v)}
-
-
-def _record_final(trial: optuna.Trial, result: TrainResult) -> None:
-    finite = _final_metrics(result)
-    retrying(lambda: trial.set_user_attr(FINAL_ATTR, finite))

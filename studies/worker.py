@@ -1,7 +1,8 @@
 """A worker process: take trials from the study until there are none left, run, tell.
 
 Workers are processes, never threads: each has its own torch, its own device and
-its own signal handling. A worker
+its own signal handling. A worker trains up to --pack trials at once (one model where
+they share a shape: `began.pack`), and
 - first fails stale trials (their worker died: the heartbeat stopped), which queues
   their retries;
 - takes a queued trial (grid point or retry) if there is one; in a search, asks the
@@ -26,22 +27,21 @@ import threading
 import time
 import traceback
 import warnings
-from types import FrameType
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from began.errors import first_line, one_line
-from began.interrupts import STOP_SIGNALS, RunAbandoned, StopFlag
-from began.loop import TrainingInterrupted
+from began.interrupts import RunAbandoned, StopFlag, deferred_interrupts
+from began.loop import DataCache, OpenRun, TrainingInterrupted, TrainResult, run_runs
 from began.retry import DEFAULT_ATTEMPTS
 from began.tracking import FAILED, MlflowTracker
 from studies.optuna_private import storage_of, trial_id_of
 from studies.queue import (
+    Heartbeats,
     claim_queued_trial,
     continue_later,
     fail_stale_trials,
-    heartbeat,
     heartbeat_of,
     is_retry,
     new_trial,
@@ -51,7 +51,7 @@ from studies.retry import retrying
 from studies.schema import ERROR_FILE, REASON_ATTR, RUN_ID_ATTR
 from studies.spec import SEARCH, StudySpec
 from studies.study import load_study
-from studies.trial import run_trial
+from studies.trial import StartedTrial, start_trial, trial_outcome
 
 INTERRUPTED_EXIT = 130
 # A worker with nothing to take looks again after at most this long (or half a heartbeat).
@@ -59,23 +59,6 @@ IDLE_POLL_S = 5.0
 PARENT_POLL_S = 1.0  # how often a worker checks that its parent process still runs
 WAIT = object()  # next_trial: nothing to take now, but a running trial may need a retry
 _PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
-
-
-class StopRequest:
-    """Set by a stop signal between trials (train() handles them during one)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __bool__(self) -> bool:
-        return self.requested
-
-    def install(self) -> None:
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            self.requested = True
-
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, on_signal)
 
 
 def stop_with_parent() -> None:
@@ -106,39 +89,157 @@ def worker_main(spec: StudySpec, index: int, device: str, threads: int, parent_r
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"  # read when MLflow is first imported, below
     warnings.filterwarnings("ignore")  # a library's warning would scramble the study display
-    stop = StopRequest()
-    stop.install()
-    stop_with_parent()
+    stop = StopFlag()
     try:
-        study = load_study(spec, index)
-        started = time.monotonic()
-        failures = 0  # storage errors in a row
-        while not stop:
-            try:
-                trial = next_trial(study, spec, started)
-                failures = 0
-            except Exception:
-                # Never retried at once: a claim that committed before the error is now
-                # RUNNING without its worker, and is retried as stale after the grace.
-                failures += 1
-                if failures >= DEFAULT_ATTEMPTS:
-                    raise
-                time.sleep(2.0**failures)
-                continue
-            if trial is None:
-                break
-            if trial is WAIT:
-                time.sleep(min(IDLE_POLL_S, heartbeat_of(study, spec) / 2))
-                continue
-            assert isinstance(trial, optuna.Trial)
-            if run_with_heartbeat(study, trial, spec, device, parent_run_id, stop):
-                sys.exit(INTERRUPTED_EXIT)
+        with deferred_interrupts(stop):  # a stop signal sets `stop`; training stops between steps
+            stop_with_parent()
+            worker = Worker(load_study(spec, index), spec, device, parent_run_id, stop)
+            code = worker.run()
+    except KeyboardInterrupt:  # a second Ctrl-C: its trials are retried as stale
+        sys.exit(INTERRUPTED_EXIT)
     except Exception as error:  # the storage is gone for good: say so in one line
         print(f"worker {index}: stopped: {type(error).__name__}: {first_line(error)}; its running "
-              "trial is retried from its checkpoint when the study runs again",
+              "trials are retried from their checkpoints when the study runs again",
               file=sys.stderr, flush=True)  # fmt: skip
         sys.exit(1)
-    sys.exit(INTERRUPTED_EXIT if stop else 0)
+    sys.exit(code)
+
+
+class Worker:
+    """Takes trials and trains up to `spec.pack` of them at once (as one model where they
+    share a shape), refilling a slot as soon as a trial ends, until nothing is left."""
+
+    def __init__(
+        self, study: optuna.Study, spec: StudySpec, device: str, parent_run_id: str,
+        stop: StopFlag,
+    ) -> None:  # fmt: skip
+        self.study, self.spec, self.device = study, spec, device
+        self.parent_run_id, self.stop = parent_run_id, stop
+        self.heartbeat_s = heartbeat_of(study, spec)
+        self.beats = Heartbeats(study, self.heartbeat_s)
+        self.data = DataCache()  # the trials of a pack share one copy of the images
+        self.held: dict[int, StartedTrial] = {}  # id(OpenRun) -> its trial
+        self.started = time.monotonic()
+        self.next_look = 0.0  # when a busy worker next asks the storage for a trial
+        self.nothing_left = False
+        self.interrupted = False
+        self.failures = 0  # storage errors in a row
+
+    def run(self) -> int:
+        try:
+            while not self.stop and not self.nothing_left:
+                runs = self.take(0)
+                if runs:
+                    run_runs(runs, self.stop, self.on_end, more=self.take)
+                elif not self.nothing_left:
+                    time.sleep(min(IDLE_POLL_S, self.heartbeat_s / 2))
+        finally:
+            self.beats.close()
+        return INTERRUPTED_EXIT if self.stop or self.interrupted else 0
+
+    def take(self, running: int) -> list[OpenRun]:
+        """Open trials for the free slots; a busy worker asks the storage only now and
+        then, or at once when a slot has just come free."""
+        opened: list[OpenRun] = []
+        if running and time.monotonic() < self.next_look:
+            return opened
+        while running + len(opened) < self.spec.pack and not self.stop:
+            trial = self.next()
+            if not isinstance(trial, optuna.Trial):
+                self.nothing_left = trial is None and not running and not opened
+                self.next_look = time.monotonic() + IDLE_POLL_S
+                break
+            started = self.start(trial)
+            if started is not None:
+                opened.append(started)
+        return opened
+
+    def next(self) -> optuna.Trial | object | None:
+        try:
+            trial = next_trial(self.study, self.spec, self.started)
+        except Exception:
+            # Never retried at once: a claim that committed before the error is now
+            # RUNNING without its worker, and is retried as stale after the grace.
+            self.failures += 1
+            if self.failures >= DEFAULT_ATTEMPTS:
+                raise
+            time.sleep(2.0**self.failures)
+            return WAIT
+        self.failures = 0
+        return trial
+
+    def start(self, trial: optuna.Trial) -> OpenRun | None:
+        """The trial's run, opened; None when it needs no training (failed to start, or
+        complete already: then it is told here)."""
+        try:
+            started = start_trial(trial, self.spec, self.device, self.parent_run_id, self.data,
+                                  signals=self.stop)  # fmt: skip
+        except (RunAbandoned, optuna.exceptions.UpdateFinishedTrialError):
+            _taken_over(trial)
+            return None
+        except TrainingInterrupted:  # a stop signal came while the trial was being opened
+            stop_trial(self.study, trial)
+            self.interrupted = True
+            return None
+        except Exception as error:
+            _fail(self.study, trial, self.spec, error)
+            return None
+        if started.run is None:
+            assert started.result is not None
+            self.finish(started, started.result)
+            return None
+        self.held[id(started.run)] = started
+        reason = "another worker failed it as stale (its heartbeats were lost)"
+        self.beats.add(trial, lambda: started.flag.abandon(reason))
+        return started.run
+
+    def on_end(self, run: OpenRun, outcome: TrainResult | BaseException) -> None:
+        started = self.held.pop(id(run))
+        self.beats.remove(started.trial)
+        self.next_look = 0.0  # a slot came free: refill it at the next step
+        self.finish(started, outcome)
+
+    def finish(self, started: StartedTrial, ended: TrainResult | BaseException) -> None:
+        """Tell Optuna and the trial's run how the trial ended."""
+        study, trial, spec = self.study, started.trial, self.spec
+        if isinstance(ended, TrainingInterrupted):
+            stop_trial(study, trial)
+            self.interrupted = True
+            return
+        if isinstance(ended, RunAbandoned | optuna.exceptions.UpdateFinishedTrialError):
+            _taken_over(trial)
+            return
+        try:
+            outcome = trial_outcome(started, spec, ended)
+        except Exception as error:
+            _fail(study, trial, spec, error)
+            return
+        if outcome.reason:
+            retrying(lambda: trial.set_user_attr(REASON_ATTR, outcome.reason))
+        values = None
+        if outcome.values is not None:
+            values = {o.logged: v for o, v in zip(spec.objectives, outcome.values, strict=True)}
+        record_trial_end(outcome.tracker, outcome.state, values, outcome.reason, outcome.step)
+        if outcome.state == TrialState.COMPLETE:
+            retrying(lambda: _tell(study, trial, values=outcome.values))
+        else:
+            retrying(lambda: _tell(study, trial, state=outcome.state))
+
+
+def stop_trial(study: optuna.Study, trial: optuna.Trial) -> None:
+    """A trial stopped by a signal (checkpointed, its run KILLED): queued to continue,
+    then marked FAIL. In that order: a second signal in between then leaves a queued copy
+    (or, before it, a RUNNING trial that becomes stale), never a failed trial nobody
+    continues; and continue_later never queues one trial twice."""
+    retrying(lambda: trial.set_user_attr(REASON_ATTR, "interrupted (stop signal)"))
+    frozen = retrying(lambda: storage_of(study).get_trial(trial_id_of(trial)))
+    retrying(lambda: continue_later(study, frozen, crashed=False))
+    retrying(lambda: _tell(study, trial, state=TrialState.FAIL))
+
+
+def _taken_over(trial: optuna.Trial) -> None:
+    print(f"trial {trial.number} stopped: another worker failed it as stale (its heartbeats "
+          "were lost); its retry continues the run", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def next_trial(study: optuna.Study, spec: StudySpec, started: float) -> optuna.Trial | object:
@@ -159,68 +260,6 @@ def _may_start_new(spec: StudySpec, trials: list[FrozenTrial], started: float) -
         return False
     trials_so_far = sum(1 for t in trials if not is_retry(t))  # a retry is not a new trial
     return spec.n_trials is None or trials_so_far < spec.n_trials
-
-
-def run_with_heartbeat(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    spec: StudySpec,
-    device: str,
-    parent_run_id: str,
-    stop: StopRequest,
-) -> bool:
-    """Run and tell one trial while beating for it; True if interrupted."""
-    taken_over = StopFlag()
-    reason = "another worker failed it as stale (its heartbeats were lost); its retry continues"
-    with heartbeat(study, trial, heartbeat_of(study, spec),
-                   on_taken_over=lambda: taken_over.abandon(reason)):  # fmt: skip
-        try:
-            return run_and_tell(study, trial, spec, device, parent_run_id, stop, taken_over)
-        except (RunAbandoned, optuna.exceptions.UpdateFinishedTrialError):
-            print(f"trial {trial.number} stopped: {reason} the run",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            return False
-
-
-def run_and_tell(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    spec: StudySpec,
-    device: str,
-    parent_run_id: str,
-    stop: StopRequest,
-    taken_over: StopFlag | None = None,
-) -> bool:
-    """Run one trial and record its outcome in Optuna and MLflow; True if interrupted."""
-    try:
-        if stop:
-            raise TrainingInterrupted("stopped before the trial started")
-        outcome = run_trial(trial, spec, device, parent_run_id, taken_over)
-    except TrainingInterrupted:
-        retrying(lambda: trial.set_user_attr(REASON_ATTR, "interrupted (stop signal)"))
-        frozen = retrying(lambda: storage_of(study).get_trial(trial_id_of(trial)))
-        # Queued to continue before it is marked FAIL: a second signal in between then
-        # leaves a queued copy (or, before it, a RUNNING trial that becomes stale), never
-        # a failed trial nobody continues.
-        retrying(lambda: continue_later(study, frozen, crashed=False))
-        retrying(lambda: _tell(study, trial, state=TrialState.FAIL))
-        return True
-    except (RunAbandoned, optuna.exceptions.UpdateFinishedTrialError):
-        raise
-    except Exception as error:
-        _fail(study, trial, spec, error)
-        return False
-    if outcome.reason:
-        retrying(lambda: trial.set_user_attr(REASON_ATTR, outcome.reason))
-    values = None
-    if outcome.values is not None:
-        values = {o.logged: v for o, v in zip(spec.objectives, outcome.values, strict=True)}
-    record_trial_end(outcome.tracker, outcome.state, values, outcome.reason, outcome.step)
-    if outcome.state == TrialState.COMPLETE:
-        retrying(lambda: _tell(study, trial, values=outcome.values))
-    else:
-        retrying(lambda: _tell(study, trial, state=outcome.state))
-    return False
 
 
 def _tell(

@@ -46,6 +46,7 @@ class Chaos:
     storage: str
     tracking_uri: str
     name: str = "chaos"
+    pack: int = 1  # trials each worker trains at once
     hits: Counter = field(default_factory=Counter)  # run id -> kills that hit it
     kills: list[str] = field(default_factory=list)  # the kind of each kill done
     pgids: list[int] = field(default_factory=list)
@@ -53,7 +54,7 @@ class Chaos:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "studies.gamma_sweep", *TINY_SWEEP,
                 "--study-name", self.name, "--storage", self.storage,
-                "--tracking-uri", self.tracking_uri]  # fmt: skip
+                "--tracking-uri", self.tracking_uri, "--pack", str(self.pack)]  # fmt: skip
 
     def start(self) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -75,12 +76,22 @@ class Chaos:
         if not group_pids(process.pid):
             process.wait()
             return False
-        self.kill(process, kind, rng)
+        stopped, hit = self.kill(process, kind, rng)
         if kind != "worker":  # the parent goes on with its other worker after a worker kill
             wait_for_group(process, EPISODE_S)
+            # A worker that outlived its parent for a moment may have started a run before
+            # it saw the stop: a hit the frozen snapshot could not show.
+            for run_id, (status, pid) in self.runs_by_process().items():
+                if pid in stopped and status != "FINISHED":
+                    hit.add((run_id, pid))
+        for run_id, _ in hit:
+            self.hits[run_id] += 1
         return True
 
-    def kill(self, process: subprocess.Popen, kind: str, rng: random.Random) -> None:
+    def kill(
+        self, process: subprocess.Popen, kind: str, rng: random.Random
+    ) -> tuple[set[int], set[tuple[str, int]]]:
+        """Freeze the group, see who trains what, kill; (pids stopped, runs hit by them)."""
         pids = group_pids(process.pid)
         workers = [pid for pid in pids if pid != process.pid and is_worker(pid)]
         if kind == "worker" and not workers:
@@ -102,9 +113,9 @@ class Chaos:
             for pid in pids:
                 signal_quietly(pid, signal.SIGCONT)
         self.kills.append(kind)
-        for run_id, (status, pid) in trained_by.items():
-            if status == "RUNNING" and pid in stopped:
-                self.hits[run_id] += 1
+        hit = {(run_id, pid) for run_id, (status, pid) in trained_by.items()
+               if status == "RUNNING" and pid in stopped}  # fmt: skip
+        return set(stopped), hit
 
     def runs_by_process(self) -> dict[str, tuple[str, int | None]]:
         """run id -> (status, pid of the process that last started it), from the store."""
@@ -183,10 +194,12 @@ def wait_for_group(process: subprocess.Popen, seconds: float) -> None:
     raise TimeoutError(f"the sweep (process group {process.pid}) still runs after {seconds} s")
 
 
-def chaos(folder: Path, storage: str, tracking_uri: str, seed: int, kills: int) -> Chaos:
+def chaos(
+    folder: Path, storage: str, tracking_uri: str, seed: int, kills: int, pack: int = 1
+) -> Chaos:
     """`kills` kills at seeded random moments, the sweep started again after each one that
     stopped it, then run to the end."""
-    run = Chaos(folder, storage, tracking_uri)
+    run = Chaos(folder, storage, tracking_uri, pack=pack)
     rng = random.Random(seed)
     process = run.start()
     while len(run.kills) < kills:

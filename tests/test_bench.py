@@ -1,10 +1,13 @@
 """The benchmark scripts run and report what docs/performance.md quotes (not timings)."""
 
+import pytest
 import torch
 
 from began.config import TrainConfig
 from bench import gpu_check
+from bench.pack_speed import pack_rate, trial_configs, write_table
 from bench.train_speed import measure
+from studies.packing import PackError, auto_pack, parse_pack
 
 CPU = torch.device("cpu")
 
@@ -34,3 +37,23 @@ def test_gpu_check_times_the_knn_metrics_beside_fid():
     gpu_check.knn_row(CPU, 50)
     [(what, value)] = gpu_check.ROWS
     assert "precision/recall/density/coverage, 50 samples" in what and "FID" in value
+
+
+def test_pack_speed_measures_a_pack_and_its_table_feeds_pack_auto(tmp_path):
+    from began.config import TrainConfig
+
+    base = TrainConfig(image_size=16, filters=4, hidden=8, repeat=1, batch_size=16,
+                       device="cpu")  # fmt: skip
+    rate = pack_rate(trial_configs(base, 2), torch.device("cpu"), steps=2, repeats=1)
+    assert rate["images_per_s"] > 0 and rate["peak_mib"] is None  # no GPU: no peak memory
+    table = tmp_path / "pack_table.json"
+    assert auto_pack("cpu", 32, table)[0] == 1  # nothing measured: one trial at a time
+    measured = ((1, 100.0), (2, 150.0), (4, 120.0))
+    rows = [{"device": "cpu", "image_size": 32, "filters": 16, "precision": "fp32", "pack": n,
+             "images_per_s": speed} for n, speed in measured]  # fmt: skip
+    write_table(rows, table)
+    pack, why = auto_pack("cpu", 30, table)
+    assert pack == 2 and "150 images/s" in why
+    assert parse_pack("auto") is None and parse_pack("4") == 4
+    with pytest.raises(PackError, match="^--pack: "):
+        parse_pack("0")

@@ -39,7 +39,9 @@ def unbroken(tmp_path_factory) -> dict[tuple[float, int], float]:
     return {(t.params["gamma"], t.params["seed"]): t.values[0] for t in study.trials}
 
 
-def check(run: Chaos, unbroken: dict[tuple[float, int], float], started: float) -> None:
+def check(
+    run: Chaos, unbroken: dict[tuple[float, int], float], started: float, rel: float = 1e-6
+) -> None:
     trials = optuna.load_study(study_name=run.name, storage=run.storage).get_trials()
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -59,7 +61,7 @@ def check(run: Chaos, unbroken: dict[tuple[float, int], float], started: float) 
         assert resumed == run.hits[child.info.run_id], (child.info.run_id, run.kills)
         trial = by_run[child.info.run_id]
         expected = unbroken[(trial.params["gamma"], trial.params["seed"])]
-        assert trial.values[0] == pytest.approx(expected, rel=1e-6), "differs from unbroken"
+        assert trial.values[0] == pytest.approx(expected, rel=rel), "differs from unbroken"
     for pgid in run.pgids:
         assert group_pids(pgid) == [], f"process group {pgid} left processes behind"
     print(f"chaos: {len(run.kills)} kills ({', '.join(run.kills)}), "
@@ -74,6 +76,19 @@ def test_a_sweep_killed_at_random_ends_complete_once(tmp_path, unbroken, seed):
     run = chaos(tmp_path, f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db",
                 seed, KILLS)  # fmt: skip
     check(run, unbroken, started)
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_packed_sweep_killed_at_random_ends_complete_once(tmp_path, unbroken, seed):
+    """Two trials per worker, trained as one model: a kill ends every trial of a pack, and
+    a retry may train alone or beside another. A packed step differs from a lone one in
+    float rounding only (within 1e-5 over 100 steps, tests/test_pack.py), but a GAN
+    amplifies rounding over 2,000 steps: seen 0.3% apart on diversity_gap, hence 2%."""
+    started = time.monotonic()
+    run = chaos(tmp_path, f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db",
+                seed, KILLS, pack=2)  # fmt: skip
+    check(run, unbroken, started, rel=0.02)
 
 
 @pytest.mark.chaos

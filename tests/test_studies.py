@@ -161,14 +161,14 @@ def run_worker_here(spec):
 
 def test_an_exception_fails_only_that_trial(tmp_path, monkeypatch):
     spec = tiny_spec(tmp_path, "boom", [0.3, 0.5, 0.7])
-    real_run_trial = worker_module.run_trial
+    real_start_trial = worker_module.start_trial
 
-    def run_trial(trial, *args):
+    def start_trial(trial, *args, **kwargs):
         if trial.params.get("gamma") == 0.5 or trial.number == 1:
             raise RuntimeError("CUDA error: out of memory")
-        return real_run_trial(trial, *args)
+        return real_start_trial(trial, *args, **kwargs)
 
-    monkeypatch.setattr(worker_module, "run_trial", run_trial)
+    monkeypatch.setattr(worker_module, "start_trial", start_trial)
     assert run_worker_here(spec) == 0
     states = {t.number: t.state for t in trials(tmp_path, "boom")}
     assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, 2: TrialState.COMPLETE}
@@ -314,3 +314,24 @@ def running_with_run_id(folder, name):
         )
     except Exception:  # the study does not exist yet
         return False
+
+
+def test_a_packed_sweep_gives_the_trial_values_of_an_unpacked_one(tmp_path, monkeypatch):
+    args = [*TINY, "--steps", "24", "--eval-every", "12", "--sample-every", "24",
+            "--checkpoint-every", "6", "--gammas", "0.3,0.5,0.7", "--workers", "1"]  # fmt: skip
+    values = {}
+    for pack in ("1", "2"):
+        folder = tmp_path / f"pack{pack}"
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        assert gamma_sweep.main([*args, "--pack", pack, "--study-name", "p"]) == 0
+        done = trials(folder, "p")
+        assert [t.state for t in done] == [TrialState.COMPLETE] * 3
+        values[pack] = {t.params["gamma"]: t.values[0] for t in done}
+        client, [parent], children = child_runs(folder, "p")
+        assert parent.data.tags["pack"] == pack and len(children) == 3
+        for run in children:  # each packed trial is an ordinary run: its models, its grids
+            assert run.info.status == "FINISHED" and run.data.tags["models_logged"] == "true"
+            assert client.list_artifacts(run.info.run_id, "images")
+    for gamma, value in values["1"].items():
+        assert values["2"][gamma] == pytest.approx(value, rel=1e-3, abs=1e-4), gamma

@@ -1,0 +1,59 @@
+"""How many trials a worker trains at once: `--pack N`, or `--pack auto` from the table
+that `python -m bench.pack_speed --write-table` measures (studies/pack_table.json).
+
+`auto` takes, for the worker's device and the study's image size, the pack size with the
+best aggregate images/s that the benchmark measured there. A device the table does not
+know gets FALLBACK_PACK on a GPU (a GPU idles on a small model's kernel launches) and 1
+on a CPU, and the study says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PACK_TABLE = Path(__file__).with_name("pack_table.json")
+MAX_PACK = 64
+FALLBACK_PACK = 4
+
+
+class PackError(ValueError):
+    """A bad --pack; the message names it."""
+
+
+def parse_pack(text: str) -> int | None:
+    """`--pack`: a count, or None for auto."""
+    if text == "auto":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise PackError(f"--pack: {text!r} is neither a count nor auto") from None
+    if not 1 <= count <= MAX_PACK:
+        raise PackError(f"--pack: must be in [1, {MAX_PACK}] or auto, got {count}")
+    return count
+
+
+def device_label(device: str) -> str:
+    """What the table calls a device: 'cpu', or the GPU's name."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+def auto_pack(device: str, image_size: int, table: Path = PACK_TABLE) -> tuple[int, str]:
+    """(pack size, where it comes from) for `--pack auto` on `device`."""
+    label = device_label(device)
+    rows = json.loads(table.read_text())["rows"] if table.is_file() else []
+    mine = [r for r in rows if r["device"] == label]
+    if not mine:
+        count = 1 if label == "cpu" else FALLBACK_PACK
+        return count, f"{label} is not in {table.name}: {count} (bench.pack_speed measures it)"
+    size = min({r["image_size"] for r in mine}, key=lambda s: abs(s - image_size))
+    best = max((r for r in mine if r["image_size"] == size), key=lambda r: r["images_per_s"])
+    return int(best["pack"]), (
+        f"measured on {label} at {size}x{size}: {best['images_per_s']:.0f} images/s "
+        f"with packs of {best['pack']}"
+    )
