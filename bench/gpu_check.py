@@ -3,8 +3,9 @@
     python -m bench.gpu_check            # on a GPU machine (bench/gpu_check.sh wraps it)
     python -m bench.gpu_check --quick    # a minute-long dry run of the same code on CPU
 
-Needs only torch, torchvision and numpy for its speed rows (nothing from the network),
-so they run on a bare GPU image with the project's tree beside it. Prints, batch 16:
+Its speed rows need torch, torchvision and the project's light dependencies (numpy,
+scipy, scikit-image, tqdm; not MLflow, Optuna or pandas) and nothing from the network,
+so they run on a GPU image with the project's tree beside it. Prints, batch 16:
 - images/s of the baseline and the project (fp32, bf16, compiled) at 64x64 n = 64
   and 128x128 n = 128;
 - aggregate images/s of 1, 2 and 4 concurrent training processes on the device;

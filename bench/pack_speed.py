@@ -3,6 +3,7 @@
     python -m bench.pack_speed                      # 32x32 n=16 and 64x64 n=64, packs 1..16
     python -m bench.pack_speed --quick              # a short CPU run of the same code
     python -m bench.pack_speed --write-table        # ... and record it for --pack auto
+    python -m bench.pack_speed --sizes 32 --packs 1,2,4   # one size (64x64 is GPU work)
 
 For each size and precision, in one run: a pack of N trials (different gamma, lambda_k,
 lr and seed, one architecture) stepped as one model in one process (`began.pack`),
@@ -84,6 +85,8 @@ def separate_rate(cfg: TrainConfig, count: int, device: str, steps: int, repeats
 def rows_for(args: argparse.Namespace, device: torch.device) -> list[dict]:
     rows = []
     sizes = QUICK_SIZES if args.quick else SIZES
+    if args.sizes:
+        sizes = {int(size): SIZES[int(size)] for size in args.sizes.split(",")}
     packs = [int(n) for n in args.packs.split(",")]
     for size, (filters, hidden, repeat) in sizes.items():
         for precision in args.precisions.split(","):
@@ -128,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--packs", default="1,2,4,8,16", help="pack sizes to measure")
+    parser.add_argument("--sizes", default=None, choices=("32", "64", "32,64"),
+                        help="image sizes (default both: 32x32 n=16, 64x64 n=64)")  # fmt: skip
     parser.add_argument("--precisions", default=None, help="default: fp32,bf16 on a GPU, "
                         "fp32 on a CPU")  # fmt: skip
     parser.add_argument("--steps", type=int, default=30, help="steps per timed repeat")

@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from began.config import TrainConfig
 from began.data import BatchSampler
 from began.learner import build_learner, resolve_device
+from began.loop import step_once
 from began.models import sample_z
 from began.step import train_step
 from bench.baseline import baseline_step, plain_models
@@ -39,22 +40,10 @@ def synchronize(device: torch.device) -> None:
 
 
 def project_loop(cfg: TrainConfig, device: torch.device) -> Callable[[], None]:
-    run = build_learner(cfg, device)
+    learner = build_learner(cfg, device)
     images = torch.randint(0, 256, (512, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
     sampler = BatchSampler(images.to(device), cfg.batch_size, cfg.seed)
-
-    def step() -> None:
-        x = sampler.batch(run.state.step)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        z_D, z_G = run.sample_noise()
-        run.state, metrics = train_step(
-            run.G_forward, run.D_forward, run.opt_G, run.opt_D, x, z_D, z_G, run.state, cfg
-        )
-        if run.schedule.observe(metrics["m_global"]):
-            run.schedule.apply(run.opt_G, run.opt_D)
-
-    return step
+    return lambda: step_once(learner, sampler)  # the training loop's own step
 
 
 def baseline_loop(cfg: TrainConfig, device: torch.device) -> Callable[[], None]:
