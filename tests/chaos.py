@@ -129,7 +129,9 @@ class Chaos:
                 with engine.connect() as connection:
                     rows = connection.execute(query, {"key": PROCESS_TAG}).all()
                 break
-            except sqlalchemy.exc.OperationalError:
+            except sqlalchemy.exc.OperationalError as error:
+                if "no such table" in str(error):  # killed before MLflow made its tables:
+                    return {}  # no run exists yet, so none is hit
                 if attempt == 19:
                     raise
                 for pid in group_pids(self.pgids[-1]):
