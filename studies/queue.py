@@ -155,8 +155,7 @@ class Heartbeats:
             self._held[trial_id_of(trial)] = on_taken_over
 
     def remove(self, trial: optuna.Trial) -> None:
-        with self._lock:
-            self._held.pop(trial_id_of(trial), None)
+        self.remove_id(trial_id_of(trial))
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
