@@ -54,6 +54,7 @@ from studies.study import load_study
 from studies.trial import StartedTrial, start_trial, trial_outcome
 
 INTERRUPTED_EXIT = 130
+TAKEN_OVER = "another worker failed it as stale (its heartbeats were lost)"
 # A worker with nothing to take looks again after at most this long (or half a heartbeat).
 IDLE_POLL_S = 5.0
 PARENT_POLL_S = 1.0  # how often a worker checks that its parent process still runs
@@ -189,8 +190,7 @@ class Worker:
             self.finish(started, started.result)
             return None
         self.held[id(started.run)] = started
-        reason = "another worker failed it as stale (its heartbeats were lost)"
-        self.beats.add(trial, lambda: started.flag.abandon(reason))
+        self.beats.add(trial, lambda: started.flag.abandon(TAKEN_OVER))
         return started.run
 
     def on_end(self, run: OpenRun, outcome: TrainResult | BaseException) -> None:
@@ -238,8 +238,8 @@ def stop_trial(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 def _taken_over(trial: optuna.Trial) -> None:
-    print(f"trial {trial.number} stopped: another worker failed it as stale (its heartbeats "
-          "were lost); its retry continues the run", file=sys.stderr, flush=True)  # fmt: skip
+    print(f"trial {trial.number} stopped: {TAKEN_OVER}; its retry continues the run",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 def next_trial(study: optuna.Study, spec: StudySpec, started: float) -> optuna.Trial | object:
