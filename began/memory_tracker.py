@@ -51,11 +51,11 @@ class MemoryTracker:
 
     def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
         self.create()
-        if self.params:  # started before: a restart (see MlflowTracker.start)
-            tags = {**tags, RESUME_COUNT_TAG: str(int(self.tags.get(RESUME_COUNT_TAG, 0)) + 1)}
-        else:
+        restart = RESUME_COUNT_TAG in self.tags  # started before (see MlflowTracker.start)
+        count = int(self.tags.get(RESUME_COUNT_TAG, "0")) + 1 if restart else 0
+        self.tags.update({**tags, RESUME_COUNT_TAG: str(count)})
+        if not self.params:
             self.log_params(cfg.to_dict())
-        self.tags.update(tags)
         self.starts.append(resumed)
         self._status = RUNNING
 

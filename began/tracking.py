@@ -170,24 +170,28 @@ class MlflowTracker:
     def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
         """Mark the training run RUNNING with its config (once) and `tags`."""
         self.create()
-        with_retries(lambda: self._start(cfg, tags, resumed), f"starting run {self.run_id}")
+        run = with_retries(lambda: self.client.get_run(self.run_id), f"reading run {self.run_id}")
+        # Started before (params: a run started before the resume count was always written):
+        # a restart, from a checkpoint (`resumed`) or from step 0 when the last start died
+        # before its first. Counted once here, not in the retried writes below.
+        restart = RESUME_COUNT_TAG in run.data.tags or bool(run.data.params)
+        count = int(run.data.tags.get(RESUME_COUNT_TAG, "0")) + 1 if restart else 0
+        tags = {**tags, RESUME_COUNT_TAG: str(count)}
+        with_retries(lambda: self._start(cfg, tags, run), f"starting run {self.run_id}")
 
-    def _start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
-        run = self.client.get_run(self.run_id)
-        if run.data.params:
-            # Started before: a restart, from a checkpoint (`resumed`) or from step 0 when
-            # the last one died before its first. The params stay as first logged (MLflow
-            # refuses a changed one); what may differ on a restart (the device) is a tag.
-            count = int(run.data.tags.get(RESUME_COUNT_TAG, "0"))
-            tags = {**tags, RESUME_COUNT_TAG: str(count + 1)}
-            if run.info.status != RUNNING:
-                self.client.update_run(self.run_id, status=RUNNING)
-            self._set_tags(tags)
-        else:
-            # Params and tags in one write: a run has params exactly when it was started,
-            # whatever moment a kill lands, so resume_count counts restarts exactly.
-            self.client.log_batch(self.run_id, params=_params(cfg.to_dict()), tags=_tags(tags))
+    def _start(self, cfg: TrainConfig, tags: dict[str, str], run: Any) -> None:
+        if run.info.status != RUNNING:
+            self.client.update_run(self.run_id, status=RUNNING)
+        # The tags first, in one write (one transaction): a start counts exactly when its
+        # process tag and resume count are stored, whatever moment a kill lands. (MLflow's
+        # log_batch commits params and tags in separate transactions, so params could not
+        # be that mark.)
+        self._set_tags(tags)
+        if not run.data.params:
+            # The params stay as first logged (MLflow refuses a changed one); what may differ
+            # on a restart (the device) is a tag. config.json first: a run with params has it.
             self.client.log_text(self.run_id, cfg.to_json(), "config.json")
+            self.client.log_batch(self.run_id, params=_params(cfg.to_dict()))
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Params, each cut to MLflow's length limit (MLflow refuses changing a logged one)."""

@@ -43,10 +43,11 @@ def check(
     run: Chaos, unbroken: dict[tuple[float, int], float], started: float, rel: float = 1e-6
 ) -> None:
     trials = optuna.load_study(study_name=run.name, storage=run.storage).get_trials()
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    left = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert not left, (left, run.kills, log_tail(run))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     points = sorted((t.params["gamma"], t.params["seed"]) for t in complete)
-    assert points == sorted(POINTS), "every point COMPLETE exactly once"
+    assert points == sorted(POINTS), ("every point COMPLETE exactly once", log_tail(run))
     client = mlflow.MlflowClient(run.tracking_uri)
     experiment = client.get_experiment_by_name(run.name).experiment_id
     runs = client.search_runs([experiment])
@@ -58,7 +59,7 @@ def check(
     assert set(by_run) == {r.info.run_id for r in children}
     for child in children:
         resumed = int(child.data.tags.get("resume_count", "0"))
-        assert resumed == run.hits[child.info.run_id], (child.info.run_id, run.kills)
+        assert resumed == run.hits[child.info.run_id], (child.info.run_id, run.kills, log_tail(run))
         trial = by_run[child.info.run_id]
         expected = unbroken[(trial.params["gamma"], trial.params["seed"])]
         assert trial.values[0] == pytest.approx(expected, rel=rel), "differs from unbroken"
@@ -67,6 +68,11 @@ def check(
     print(f"chaos: {len(run.kills)} kills ({', '.join(run.kills)}), "
           f"{sum(run.hits.values())} hit a training run, {len(trials)} trials, "
           f"{time.monotonic() - started:.0f} s")  # fmt: skip
+
+
+def log_tail(run: Chaos, characters: int = 3000) -> str:
+    """The end of the sweeps' output: what a failure on a CI machine leaves to read."""
+    return (run.folder / "sweep.log").read_text(errors="replace")[-characters:]
 
 
 @pytest.mark.chaos

@@ -151,6 +151,39 @@ def test_a_retry_on_another_device_does_not_relog_a_changed_param(tmp_path):
     assert run.data.tags["resume_count"] == "1"  # started twice: continued once
 
 
+@pytest.mark.parametrize("dies_in", ["_set_tags", "_log_params", "log_artifact"])
+def test_a_start_killed_midway_counts_as_a_start_exactly_when_its_process_tag_is_stored(
+    tmp_path, monkeypatch, dies_in
+):
+    """resume_count is how many starts before this one stored their process tag: the chaos
+    test counts a run as hit by a kill exactly then. MLflow's log_batch commits params and
+    tags in two transactions, so a kill between them once counted a start that left no tag.
+    """
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    owner = LocalArtifactRepository if dies_in == "log_artifact" else SqlAlchemyStore
+    original = getattr(owner, dies_in)
+
+    def dies(self, *args, **kwargs):
+        if dies_in != "_set_tags" or any(t.key == "process" for t in args[-1]):
+            raise Killed  # the first write of that kind during a start
+        return original(self, *args, **kwargs)
+
+    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", experiment="killed-start")
+    tracker.create()
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, dies_in, dies)
+        with pytest.raises(Killed):
+            tracker.start(tiny(), {"process": "host:1"}, resumed=False)
+    stored = "process" in tracker.client.get_run(tracker.run_id).data.tags
+    tracker.start(tiny(), {"process": "host:2"}, resumed=False)
+    run = tracker.client.get_run(tracker.run_id)
+    assert run.data.tags["resume_count"] == ("1" if stored else "0")
+    assert run.data.tags["process"] == "host:2" and run.data.params["gamma"] == "0.5"
+    assert tracker.client.list_artifacts(tracker.run_id)[0].path == "config.json"
+
+
 def remote_tracker(tmp_path, run_id=None):
     """An MLflow tracker that treats its artifact store as remote (uploads, downloads)."""
     tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", experiment="remote", run_id=run_id)
