@@ -171,9 +171,9 @@ class MlflowTracker:
         """Mark the training run RUNNING with its config (once) and `tags`."""
         self.create()
         run = with_retries(lambda: self.client.get_run(self.run_id), f"reading run {self.run_id}")
-        # Started before (params: a run started before the resume count was always written):
+        # Started before (it has a resume count, or params if an older version started it):
         # a restart, from a checkpoint (`resumed`) or from step 0 when the last start died
-        # before its first. Counted once here, not in the retried writes below.
+        # before its first step. Counted once here, not in the retried writes below.
         restart = RESUME_COUNT_TAG in run.data.tags or bool(run.data.params)
         count = int(run.data.tags.get(RESUME_COUNT_TAG, "0")) + 1 if restart else 0
         tags = {**tags, RESUME_COUNT_TAG: str(count)}
