@@ -4,9 +4,10 @@ so on; then run it to the end and collect what the checks need.
 
 At each kill the whole group is first stopped (SIGSTOP), so that the record of which run
 each process was training is read at one frozen instant: the runs that kill hits are
-then known exactly (a run is hit when the process that last started it dies or, for a
-killed parent, when its worker is stopped with it). The victims get SIGKILL, the rest
-SIGCONT. A hang is a failure: every start of the sweep must end within `EPISODE_S`.
+then known exactly (a run is hit when the process that last started it dies). The
+victims get SIGKILL, the rest SIGCONT. A killed parent's workers stop on their own a
+moment later: the runs they leave unfinished are the ones hit. A hang is a failure:
+every start of the sweep must end within `EPISODE_S`.
 """
 
 from __future__ import annotations
@@ -79,11 +80,11 @@ class Chaos:
         stopped, hit = self.kill(process, kind, rng)
         if kind != "worker":  # the parent goes on with its other worker after a worker kill
             wait_for_group(process, EPISODE_S)
-            # A worker that outlived its parent for a moment may have started a run before
-            # it saw the stop: a hit the frozen snapshot could not show.
-            for run_id, (status, pid) in self.runs_by_process().items():
-                if pid in stopped and status != "FINISHED":
-                    hit.add((run_id, pid))
+        if kind == "parent":
+            # The workers stop on their own once they see their parent gone, and may first
+            # finish a run or start one: what they left unfinished is what was hit.
+            hit = {(run_id, pid) for run_id, (status, pid) in self.runs_by_process().items()
+                   if pid in stopped and status != "FINISHED"}  # fmt: skip
         for run_id, _ in hit:
             self.hits[run_id] += 1
         return True
