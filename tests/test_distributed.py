@@ -1,7 +1,8 @@
 """A study on the real multi-machine components: Optuna on PostgreSQL and an `mlflow server`
 with a PostgreSQL backend and a served artifact root, started here on loopback ports.
 
-Skipped where PostgreSQL is not installed; `.ci/run` runs them (the CI machine has it).
+Marked `integration`: left out of the quick suite for time (`scripts/test -m integration`
+runs them, and `.ci/run` does); skipped where PostgreSQL is not installed.
 """
 
 import contextlib
