@@ -14,7 +14,13 @@ from torch import nn
 
 from began.checkpoint import CHECKPOINT_NAME
 from began.config import TrainConfig
-from began.tracking import CHECKPOINT_ARTIFACT_DIR, MODELS_TAG, RESUME_COUNT_TAG, RUNNING
+from began.tracking import (
+    CHECKPOINT_ARTIFACT_DIR,
+    MODELS_TAG,
+    RESUME_COUNT_TAG,
+    RUNNING,
+    next_resume_count,
+)
 
 _NEW_IDS = itertools.count()
 
@@ -51,9 +57,7 @@ class MemoryTracker:
 
     def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None:
         self.create()
-        restart = RESUME_COUNT_TAG in self.tags  # started before (see MlflowTracker.start)
-        count = int(self.tags.get(RESUME_COUNT_TAG, "0")) + 1 if restart else 0
-        self.tags.update({**tags, RESUME_COUNT_TAG: str(count)})
+        self.tags.update({**tags, RESUME_COUNT_TAG: next_resume_count(self.tags, self.params)})
         if not self.params:
             self.log_params(cfg.to_dict())
         self.starts.append(resumed)

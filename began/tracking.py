@@ -171,12 +171,8 @@ class MlflowTracker:
         """Mark the training run RUNNING with its config (once) and `tags`."""
         self.create()
         run = with_retries(lambda: self.client.get_run(self.run_id), f"reading run {self.run_id}")
-        # Started before (it has a resume count, or params if an older version started it):
-        # a restart, from a checkpoint (`resumed`) or from step 0 when the last start died
-        # before its first step. Counted once here, not in the retried writes below.
-        restart = RESUME_COUNT_TAG in run.data.tags or bool(run.data.params)
-        count = int(run.data.tags.get(RESUME_COUNT_TAG, "0")) + 1 if restart else 0
-        tags = {**tags, RESUME_COUNT_TAG: str(count)}
+        # Counted once here, not in the retried writes below.
+        tags = {**tags, RESUME_COUNT_TAG: next_resume_count(run.data.tags, run.data.params)}
         with_retries(lambda: self._start(cfg, tags, run), f"starting run {self.run_id}")
 
     def _start(self, cfg: TrainConfig, tags: dict[str, str], run: Any) -> None:
@@ -293,6 +289,16 @@ def _params(params: dict[str, Any]) -> list[Any]:
     from mlflow.entities import Param
 
     return [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+
+
+def next_resume_count(tags: dict[str, str], params: dict[str, Any]) -> str:
+    """The resume count a new start of a run writes: 0 on its first start, one more on
+    each later one. A run was started before when it has a resume count (or params, if an
+    older version started it): a restart, from a checkpoint or from step 0 when the last
+    start died before its first step."""
+    if RESUME_COUNT_TAG not in tags and not params:
+        return "0"
+    return str(int(tags.get(RESUME_COUNT_TAG, "0")) + 1)
 
 
 def _tags(tags: dict[str, Any]) -> list[Any]:
