@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.figures import STATE_COLOURS
 from analysis.sections import Section
-from began.tables import format_cell, markdown_table
+from studies.tables import format_cell, markdown_table
 
 FORMATS = ("html", "md")
 

@@ -16,9 +16,9 @@ from began.checkpoint import load_checkpoint
 from began.cli import Parser, fail, run_cli
 from began.config import ConfigError
 from began.data import load_images, split_holdout
-from began.learner import load_networks, resolve_device
 from began.metrics import MetricRequest, parse_metrics
 from began.metrics.scoring import score
+from began.training.learner import load_networks, resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:

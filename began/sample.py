@@ -17,9 +17,9 @@ import torch
 
 from began.checkpoint import load_checkpoint
 from began.cli import Parser, fail, run_cli
-from began.images import VIEW_WIDTH, image_grid, save_png, viewable
-from began.learner import load_networks, resolve_device
-from began.models import Generator, sample_z
+from began.core.models import Generator, sample_z
+from began.training.images import VIEW_WIDTH, image_grid, save_png, viewable
+from began.training.learner import load_networks, resolve_device
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@
     python -m began.train --data /data/lfw-deepfunneled --image-size 64 --device cuda
     python -m began.train --resume RUN_ID                   # continue a stopped run
 
-The loop itself is `began.loop.train`; this module only turns options into a config
+The loop itself is `began.training.loop.train`; this module only turns options into a config
 and a tracker, and the outcome into one line.
 """
 
@@ -27,9 +27,9 @@ from began.cli import (
     user_overrides,
 )
 from began.config import DEMO_OVERRIDES, ConfigError, TrainConfig, config_from_options
-from began.learner import resolve_device
-from began.loop import TrainingDiverged, TrainingInterrupted, TrainResult, train
 from began.tracking import MlflowTracker, check_tracking_uri
+from began.training.learner import resolve_device
+from began.training.loop import TrainingDiverged, TrainingInterrupted, TrainResult, train
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """The training step a user would write straight from the paper: the speed baseline.
 
-Same architecture, batch and math as `began.step.train_step` (both updates from
+Same architecture, batch and math as `began.core.step.train_step` (both updates from
 the parameters of step t, L(G(z_G)) in the k update), written plainly: fp32,
 a separate D forward per batch, D's gradients computed during G's backward and
 thrown away, k as a Python float read back every step. No tricks.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from began.models import Discriminator, Generator
+from began.core.models import Discriminator, Generator
 
 
 def plain_models(

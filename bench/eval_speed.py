@@ -9,7 +9,7 @@ random weights):
   of a few timed repeats after a warm-up;
 - the wall time of one evaluation of "fid_1k,kid_1k,diversity,recon,sharpness"
   against a synthetic real set, with the real-statistics cache cold, then warm;
-- the time of `--steps` BEGAN training steps (`began.step.train_step`, batch 16,
+- the time of `--steps` BEGAN training steps (`began.core.step.train_step`, batch 16,
   Adam lr 1e-4, betas (0.9, 0.999)), reported per 1,000 steps,
 and the ratio "one evaluation / 1,000 training steps"; and
 - the cost of the metrics on features at `--counts` samples (1k and 10k): FID against
@@ -35,11 +35,11 @@ import torch
 from torch.nn import functional as F
 
 from began.config import DEMO_OVERRIDES, TrainConfig
+from began.core.models import Discriminator, Generator, sample_z
+from began.core.step import TrainState, train_step
 from began.metrics import EvalInputs, evaluate, inception, parse_metrics
 from began.metrics.frechet import feature_statistics, fid_to_features
 from began.metrics.manifold import as_tensor, distance_dtype, manifold_metrics, real_manifold
-from began.models import Discriminator, Generator, sample_z
-from began.step import TrainState, train_step
 
 EVAL_SPEC = "fid_1k,kid_1k,diversity,recon,sharpness"
 INCEPTION_BATCH = 32

@@ -33,10 +33,10 @@ import time
 import torch
 
 from began.config import TrainConfig
+from began.core.models import sample_z
+from began.core.step import train_step
 from began.errors import first_line
-from began.learner import build_learner
-from began.models import sample_z
-from began.step import train_step
+from began.training.learner import build_learner
 from bench.baseline import baseline_step
 from bench.gpu_pack_check import pack_rows, study_rows
 from bench.train_speed import matmul_gflops, measure

@@ -25,8 +25,8 @@ import torch
 from began.config import TrainConfig
 from began.data import BatchSampler
 from began.errors import first_line
-from began.learner import build_learner
-from began.loop import step_once
+from began.training.learner import build_learner
+from began.training.loop import step_once
 from bench.pack_speed import BATCH, pack_rate, separate_rate, trial_configs
 from bench.train_speed import time_steps
 

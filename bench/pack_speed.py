@@ -6,7 +6,7 @@
     python -m bench.pack_speed --sizes 32 --packs 1,2,4   # one size (64x64 is GPU work)
 
 For each size and precision, in one run: a pack of N trials (different gamma, lambda_k,
-lr and seed, one architecture) stepped as one model in one process (`began.pack`),
+lr and seed, one architecture) stepped as one model in one process (`began.training.pack`),
 against the same N trials as N separate training processes on the device (what
 `--workers-per-device N` does), each process's loop being the single run's. Aggregate
 images/s = N x batch / seconds per step, the median of timed repeats after a warm-up;
@@ -27,9 +27,9 @@ import torch
 
 from began.config import TrainConfig
 from began.data import BatchSampler
-from began.learner import build_learner, resolve_device
-from began.loop import step_once
-from began.pack import step_pack
+from began.training.learner import build_learner, resolve_device
+from began.training.loop import step_once
+from began.training.pack import step_pack
 from bench.train_speed import build_parser as train_speed_parser
 from bench.train_speed import concurrent, synchronize, time_steps
 from studies.packing import PACK_TABLE, device_label

@@ -16,7 +16,7 @@ import json
 import torch
 
 from began.config import TrainConfig
-from began.learner import resolve_device
+from began.training.learner import resolve_device
 from bench.train_speed import flop_per_image, matmul_gflops, measure
 
 ASSUMED_GFLOPS = {"cpu": 60.0, "cuda": 20_000.0}  # only to size the runs, not reported

@@ -37,7 +37,7 @@ from dataclasses import replace
 torch.set_num_threads(2)
 from began.config import DEMO_OVERRIDES, TrainConfig
 from began.tracking import MlflowTracker
-from began.loop import train
+from began.training.loop import train
 steps, gammas = int(sys.argv[1]), [float(g) for g in sys.argv[2].split(",")]
 base = replace(TrainConfig(**DEMO_OVERRIDES), steps=steps, eval_every=500, device="cpu")
 for gamma in gammas:

@@ -20,9 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from began.config import DEMO_OVERRIDES, TrainConfig
-from began.loop import train
-from began.memory_tracker import MemoryTracker
 from began.tracking import MlflowTracker
+from began.tracking.memory_tracker import MemoryTracker
+from began.training.loop import train
 
 WARMUP_POINTS = 5  # log points left out at the start of each run
 

@@ -26,11 +26,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from began.config import TrainConfig
+from began.core.models import sample_z
+from began.core.step import train_step
 from began.data import BatchSampler
-from began.learner import build_learner, resolve_device
-from began.loop import step_once
-from began.models import sample_z
-from began.step import train_step
+from began.training.learner import build_learner, resolve_device
+from began.training.loop import step_once
 from bench.baseline import baseline_step, plain_models
 
 

@@ -22,17 +22,17 @@ from began.cli import (
     user_overrides,
 )
 from began.config import DEMO_OVERRIDES, ConfigError, TrainConfig, config_from_options
-from began.learner import resolve_device
 from began.tracking import DEFAULT_TRACKING_URI, check_tracking_uri
-from studies.connection import absolute_sqlite, check_storage_url
+from began.training.learner import resolve_device
+from studies.fleet.connection import absolute_sqlite, check_storage_url
+from studies.fleet.runner import WorkerSlot, run_study
+from studies.fleet.storage import SAMPLERS
+from studies.fleet.worker import cpu_threads
 from studies.objectives import resolve_objectives
 from studies.packing import auto_pack, parse_pack
 from studies.pruning import PRUNERS, HealthRule, make_pruner, pruner_warning
-from studies.runner import WorkerSlot, run_study
 from studies.space import check_space
 from studies.spec import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, StudySpec, config_fingerprint
-from studies.study import SAMPLERS
-from studies.worker import cpu_threads
 
 MAX_SAMPLER_SEED = 2**31 - 1  # worker i samples with seed + i: well inside 32 bits
 

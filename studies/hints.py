@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from began.tracking import DEFAULT_TRACKING_URI, mask_url
-from studies.connection import SQLITE_PREFIX, absolute_sqlite
+from studies.fleet.connection import SQLITE_PREFIX, absolute_sqlite
 from studies.spec import DEFAULT_STORAGE, StudySpec
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import optuna
 
-from began.interrupts import RunAbandoned
-from began.loop import EvalReport
+from began.training.interrupts import RunAbandoned
+from began.training.loop import EvalReport
 from studies.objectives import M_GLOBAL, Objective
 from studies.retry import retrying
 from studies.schema import LAST_EVALUATION_ATTR

@@ -17,9 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from began.tables import markdown_table
 from began.tracking import MlflowTracker, find_runs, mask_url
-from studies.queue import is_retry
+from studies.fleet.queue import is_retry
 from studies.schema import (
     BASE_CONFIG_FILE,
     BEST_PREFIX,
@@ -48,6 +47,7 @@ from studies.schema import (
 )
 from studies.space import describe_space
 from studies.spec import GRID, StudySpec
+from studies.tables import markdown_table
 
 
 def open_parent_run(spec: StudySpec, study: optuna.Study) -> MlflowTracker:

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from optuna.exceptions import UpdateFinishedTrialError
 
-from began import retry
+import began.retry as retry
 
 T = TypeVar("T")
 

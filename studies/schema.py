@@ -7,18 +7,19 @@ Where the records live:
   attributes ("trial") and Optuna's own retry bookkeeping in trial system attributes;
 - MLflow: the study's parent run (tags, params, artifacts, `best_*` and `trials_*`
   metrics) and one child run per trial (tags, `objective_*` metrics), beside what every
-  training run records (`began.recorder`, `began.tracking`, `began.provenance`).
+  training run records (`began.training.recorder`, `began.tracking`, `began.training.provenance`).
 """
 
 from __future__ import annotations
 
 from optuna.trial import TrialState
 
-# Tags every training run writes, which the reports read too (re-exported: readers look here).
-from began.recorder import STOP_REASON_TAG as STOP_REASON_TAG
 from began.tracking import ERROR_TAG as ERROR_TAG
 from began.tracking import PARENT_RUN_TAG as PARENT_RUN_TAG  # MLflow's own nesting tag
 from began.tracking import RESUME_COUNT_TAG as RESUME_COUNT_TAG
+
+# Tags every training run writes, which the reports read too (re-exported: readers look here).
+from began.training.recorder import STOP_REASON_TAG as STOP_REASON_TAG
 
 # --- Optuna: the study's user attributes ------------------------------------------------
 OBJECTIVES_ATTR = "objectives"  # logged names of the objectives, in order

@@ -1,6 +1,6 @@
 """One trial, as optuna-examples would write it: trial -> config -> train -> values.
 
-The training in between is the worker's (`studies.worker`), which may train several
+The training in between is the worker's (`studies.fleet.worker`), which may train several
 trials at once as one pack: `start_trial` is everything before it (the params, the
 config, the trial's MLflow run, its monitor, the run opened and resumed), and
 `trial_outcome` turns how the run ended into what Optuna is told. Which trial to run,
@@ -17,9 +17,9 @@ import optuna
 from optuna.trial import TrialState
 
 from began.config import TrainConfig
-from began.interrupts import StopFlag
-from began.loop import DataCache, OpenRun, TrainingDiverged, TrainResult, open_run
 from began.tracking import MlflowTracker
+from began.training.interrupts import StopFlag
+from began.training.loop import DataCache, OpenRun, TrainingDiverged, TrainResult, open_run
 from studies.collapse import collapse_warning
 from studies.pruning import TrialMonitor
 from studies.records import trial_tracker

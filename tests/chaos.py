@@ -25,7 +25,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from began.provenance import PROCESS_TAG
+from began.training.provenance import PROCESS_TAG
 
 TINY_SWEEP = [
     "--image-size", "16", "--filters", "4", "--hidden", "8", "--repeat", "1",

@@ -16,14 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-import began.loop as train_module
-import studies.worker as worker_module
+import began.training.loop as train_module
+import studies.fleet.worker as worker_module
 from analysis import export, load_history, load_runs, report, sections
 from analysis.history import list_images
 from analysis.sections import ReportInputs
 from began.cli import run_cli
+from studies.fleet.storage import prepare_study
 from studies.records import open_parent_run
-from studies.study import prepare_study
 from tests.test_studies import tiny_spec
 
 NAME = "report"

@@ -10,8 +10,8 @@ from analysis import export, report
 from began import evaluate, sample
 from began import train as train_cli
 from began.cli import run_cli
-from began.loop import train
-from began.memory_tracker import MemoryTracker
+from began.tracking.memory_tracker import MemoryTracker
+from began.training.loop import train
 from studies import gamma_sweep, search
 from tests.test_train import tiny
 

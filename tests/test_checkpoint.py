@@ -7,7 +7,7 @@ import torch
 
 from began.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from began.config import TrainConfig
-from began.learner import build_learner, restore, snapshot
+from began.training.learner import build_learner, restore, snapshot
 
 CFG = TrainConfig(image_size=16, filters=4, hidden=8, repeat=1, batch_size=4, lr_window=3)
 

@@ -147,8 +147,8 @@ def test_a_killed_worker_s_trial_continues_from_the_server_s_checkpoint(servers,
 def test_training_goes_on_while_the_mlflow_server_is_away(tmp_path):
     """The server stops mid-run and comes back 20 s later on the same address: the run
     trains on, and every metric point, grid and checkpoint is delivered."""
-    from began.loop import train
     from began.tracking import MlflowTracker
+    from began.training.loop import train
     from tests.test_train import tiny
 
     artifacts = tmp_path / "artifacts"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from began.equilibrium import (
+from began.core.equilibrium import (
     balance,
     discriminator_loss,
     generator_loss,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from began.config import TrainConfig
-from began.learner import build_learner
-from began.models import sample_z
-from began.step import train_step
+from began.core.models import sample_z
+from began.core.step import train_step
+from began.training.learner import build_learner
 from bench.baseline import baseline_step
 
 SIZE, FILTERS, BATCH = 16, 4, 4

@@ -9,8 +9,8 @@ import pytest
 
 import began.checkpoint as checkpoint_module
 from began.checkpoint import PREVIOUS_NAME, CheckpointError, load_checkpoint
-from began.loop import train
-from began.memory_tracker import MemoryTracker
+from began.tracking.memory_tracker import MemoryTracker
+from began.training.loop import train
 from tests.test_train import tiny
 
 

@@ -13,17 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-import began.loop as train_module
+import began.training.loop as train_module
 from began import evaluate, sample
 from began.checkpoint import load_checkpoint, save_checkpoint
 from began.cli import as_typed, resume_command, run_cli
 from began.data import DataError
 from began.data.sampler import holdout_count, split_holdout
-from began.images import image_grid, viewable
-from began.loop import STOPPED, TrainingDiverged, TrainingInterrupted, train
-from began.memory_tracker import MemoryTracker
 from began.metrics import metric_direction, objective_names, parse_metrics
 from began.tracking import MlflowTracker, TrackingError, with_retries
+from began.tracking.memory_tracker import MemoryTracker
+from began.training.images import image_grid, viewable
+from began.training.loop import STOPPED, TrainingDiverged, TrainingInterrupted, train
 from tests.test_train import TINY, InterruptingTracker, run_memory, tiny, values
 
 

@@ -14,6 +14,7 @@ import torch
 
 import began.metrics.builtin as builtin
 from began.config import ConfigError, TrainConfig
+from began.core.models import Generator, sample_z
 from began.data import ImageSet
 from began.evaluate import main as evaluate_main
 from began.metrics import EvalInputs, evaluate, logged_names, metric_direction, parse_metrics
@@ -22,7 +23,6 @@ from began.metrics.progress import CountProgress
 from began.metrics.real_stats import RealStats
 from began.metrics.registry import get_metric
 from began.metrics.scoring import score
-from began.models import Generator, sample_z
 from studies.objectives import resolve_objectives
 
 prdc = pytest.importorskip("prdc")  # test-only dependency (the `dev` extra)

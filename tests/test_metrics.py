@@ -20,6 +20,7 @@ from scipy import ndimage
 from skimage import data, transform
 from skimage.metrics import structural_similarity
 
+from began.core.models import Discriminator, Generator, sample_z
 from began.metrics import (
     EvalInputs,
     MetricRequest,
@@ -42,7 +43,6 @@ from began.metrics.frechet import (
 )
 from began.metrics.sharpness import mean_blur_effect
 from began.metrics.ssim import PSNR_MAX, diversity_ssim, reconstruction_quality, ssim
-from began.models import Discriminator, Generator, sample_z
 
 CPU = torch.device("cpu")
 _SOURCES = (data.astronaut, data.chelsea, data.coffee, data.rocket, data.immunohistochemistry)

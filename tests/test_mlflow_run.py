@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import began.loop as train_module
+import began.training.loop as train_module
 from began import evaluate, sample
 from began.cli import run_cli
 from began.train import main

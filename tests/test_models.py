@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from began.models import (
+from began.core.models import (
     Decoder,
     Discriminator,
     Encoder,

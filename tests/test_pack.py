@@ -10,11 +10,11 @@ import torch
 from began.checkpoint import load_checkpoint
 from began.config import TrainConfig
 from began.data import BatchSampler
-from began.interrupts import StopFlag
-from began.learner import build_learner
-from began.loop import open_run, run_runs, step_once, train
-from began.memory_tracker import MemoryTracker
-from began.pack import pack_key, step_pack
+from began.tracking.memory_tracker import MemoryTracker
+from began.training.interrupts import StopFlag
+from began.training.learner import build_learner
+from began.training.loop import open_run, run_runs, step_once, train
+from began.training.pack import pack_key, step_pack
 from tests.test_train import TINY, tiny
 
 BASE = TrainConfig(image_size=16, filters=4, hidden=8, repeat=1, batch_size=4, device="cpu",

@@ -1,4 +1,4 @@
-"""The Optuna private APIs wrapped in studies/optuna_private.py still exist and work."""
+"""The Optuna private APIs wrapped in studies/fleet/optuna_private.py still exist and work."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import time
 
 import optuna
 
-from studies.optuna_private import pop_waiting_trial_id, stale_trial_ids, storage_of, trial_id_of
+from studies.fleet.optuna_private import (
+    pop_waiting_trial_id,
+    stale_trial_ids,
+    storage_of,
+    trial_id_of,
+)
 
 
 def test_pop_waiting_trial_id_signature() -> None:

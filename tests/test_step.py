@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from began.config import TrainConfig
-from began.equilibrium import reconstruction_loss
-from began.models import Discriminator, Generator, sample_z
-from began.step import STEP_METRICS, TrainState, train_step
+from began.core.equilibrium import reconstruction_loss
+from began.core.models import Discriminator, Generator, sample_z
+from began.core.step import STEP_METRICS, TrainState, train_step
 
 SIZE, FILTERS, HIDDEN, BATCH = 16, 4, 8, 4
 

@@ -16,17 +16,17 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import began.loop as train_module
-import studies.worker as worker_module
+import began.training.loop as train_module
+import studies.fleet.worker as worker_module
 from began.checkpoint import load_checkpoint
 from studies import gamma_sweep, search
 from studies.cli import base_config, build_parser
+from studies.fleet.storage import prepare_study
 from studies.objectives import resolve_objectives
 from studies.pruning import HealthRule
 from studies.records import open_parent_run
 from studies.space import grid_points, grid_space
 from studies.spec import GRID, StudySpec
-from studies.study import prepare_study
 
 TINY = [
     "--image-size", "16", "--filters", "4", "--hidden", "8", "--repeat", "1",

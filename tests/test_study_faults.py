@@ -18,13 +18,13 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-import began.loop as loop_module
-import studies.queue as queue_module
+import began.training.loop as loop_module
+import studies.fleet.queue as queue_module
+import studies.fleet.worker as worker_module
 import studies.trial as trial_module
-import studies.worker as worker_module
 from began.tracking import FAILED, FINISHED, MlflowTracker
-from studies.optuna_private import pop_waiting_trial_id, storage_of
-from studies.study import load_study, prepare_study
+from studies.fleet.optuna_private import pop_waiting_trial_id, storage_of
+from studies.fleet.storage import load_study, prepare_study
 from tests.test_studies import TINY, child_runs, run_worker_here, tiny_spec, trials, worker_pids
 
 BEAT_S = 1  # the tests' heartbeat: a trial is stale after GRACE_BEATS of them

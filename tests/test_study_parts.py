@@ -11,9 +11,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from began.cli import run_cli
 from began.config import TrainConfig
-from began.loop import EvalReport
 from began.tracking import mask_url
+from began.training.loop import EvalReport
 from studies import gamma_sweep, search
+from studies.fleet.storage import StudyError, load_study, prepare_study
+from studies.fleet.worker import _may_start_new
 from studies.objectives import ObjectiveError, resolve_objectives
 from studies.pruning import HealthRule, HealthState, PrunerError, make_pruner, pruner_warning
 from studies.space import (
@@ -25,8 +27,6 @@ from studies.space import (
     parse_space,
 )
 from studies.spec import GRID, SEARCH, StudySpec
-from studies.study import StudyError, load_study, prepare_study
-from studies.worker import _may_start_new
 
 
 def test_space_parses_ranges_logs_ints_and_choices():

@@ -6,9 +6,9 @@ import torch
 
 from began.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from began.config import TrainConfig
-from began.learner import build_learner, snapshot
-from began.memory_tracker import MemoryTracker
 from began.tracking import FAILED, RUNNING, MlflowTracker
+from began.tracking.memory_tracker import MemoryTracker
+from began.training.learner import build_learner, snapshot
 
 CFG = TrainConfig(image_size=16, filters=4, hidden=8, repeat=1, batch_size=2, device="cpu")
 

@@ -7,12 +7,12 @@ import signal
 import pytest
 import torch
 
-import began.loop as train_module
+import began.training.loop as train_module
 from began.checkpoint import load_checkpoint
 from began.config import TrainConfig
-from began.loop import EvalReport, TrainingDiverged, TrainingInterrupted, train
-from began.memory_tracker import MemoryTracker
 from began.tracking import FAILED, FINISHED, KILLED
+from began.tracking.memory_tracker import MemoryTracker
+from began.training.loop import EvalReport, TrainingDiverged, TrainingInterrupted, train
 
 TINY = TrainConfig(
     data="",  # the built-in faces

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from began.config import TrainConfig
+from began.core.models import sample_z
 from began.data import ImageSet
 from began.metrics.builtin import evaluate
 from began.metrics.context import EvalInputs
 from began.metrics.registry import MetricRequest
-from began.models import sample_z
 
 EVAL_Z_SEED_OFFSET = 104_729  # the evaluation z stream is apart from the training and grid z
 

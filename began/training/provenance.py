@@ -22,7 +22,7 @@ PACKAGES = ("began-toolkit", "torch", "torchvision", "mlflow", "optuna", "numpy"
 
 def git_commit() -> str:
     """The commit of the checkout this code runs from, '+dirty' if it has changes."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout holding began/
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],

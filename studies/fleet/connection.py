@@ -1,6 +1,6 @@
 """Where a study's records live: the storage URL, its SQLAlchemy engine and the locks that
 serialise what the database itself cannot (study set-up across hosts, taking trials and
-failing stale ones on SQLite). Heartbeats and retries: `studies.queue`."""
+failing stale ones on SQLite). Heartbeats and retries: `studies.fleet.queue`."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def open_storage(spec: StudySpec) -> RDBStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # Heartbeats are written and judged by studies.queue (which also fails trials that
+            # Heartbeats are written and judged by studies.fleet.queue (which also fails trials that
             # never beat); the storage's own interval only marks it as one that beats.
             return RDBStorage(url, engine_kwargs=engine_kwargs(url),
                               heartbeat_interval=spec.heartbeat_s)  # fmt: skip

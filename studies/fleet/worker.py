@@ -2,7 +2,7 @@
 
 Workers are processes, never threads: each has its own torch, its own device and
 its own signal handling. A worker trains up to --pack trials at once (one model where
-they share a shape: `began.pack`), and
+they share a shape: `began.training.pack`), and
 - first fails stale trials (their worker died: the heartbeat stopped), which queues
   their retries;
 - takes a queued trial (grid point or retry) if there is one; in a search, asks the
@@ -32,12 +32,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from began.errors import first_line, one_line
-from began.interrupts import RunAbandoned, StopFlag, deferred_interrupts
-from began.loop import DataCache, OpenRun, TrainingInterrupted, TrainResult, run_runs
 from began.retry import DEFAULT_ATTEMPTS
 from began.tracking import FAILED, MlflowTracker
-from studies.optuna_private import storage_of, trial_id_of
-from studies.queue import (
+from began.training.interrupts import RunAbandoned, StopFlag, deferred_interrupts
+from began.training.loop import DataCache, OpenRun, TrainingInterrupted, TrainResult, run_runs
+from studies.fleet.optuna_private import storage_of, trial_id_of
+from studies.fleet.queue import (
     Heartbeats,
     claim_queued_trial,
     continue_later,
@@ -46,11 +46,11 @@ from studies.queue import (
     is_retry,
     new_trial,
 )
+from studies.fleet.storage import load_study
 from studies.records import record_trial_end
 from studies.retry import retrying
 from studies.schema import ERROR_FILE, REASON_ATTR, RUN_ID_ATTR
 from studies.spec import SEARCH, StudySpec
-from studies.study import load_study
 from studies.trial import StartedTrial, start_trial, trial_outcome
 
 INTERRUPTED_EXIT = 130
@@ -83,7 +83,7 @@ def stop_with_parent() -> None:
 
 
 def worker_main(spec: StudySpec, index: int, device: str, threads: int, parent_run_id: str) -> None:
-    """The entry point of a worker process (started by `studies.runner`)."""
+    """The entry point of a worker process (started by `studies.fleet.runner`)."""
     import torch
 
     torch.set_num_threads(threads)  # N workers on one CPU must not oversubscribe its cores

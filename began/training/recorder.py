@@ -1,6 +1,6 @@
 """What a run records around its training steps: `RunRecorder`.
 
-The loop (`began.loop`) steps a `Learner`; after every step it hands the step's
+The loop (`began.training.loop`) steps a `Learner`; after every step it hands the step's
 metrics to the run's recorder, which logs them every `log_every` steps, draws the
 sample grids, evaluates the quality metrics and asks `should_stop`, writes the
 checkpoints and, at the end, the final record and the models. A recorder knows one
@@ -23,14 +23,14 @@ import torch
 from tqdm import tqdm
 
 from began.checkpoint import CHECKPOINT_NAME, Checkpoint, save_checkpoint
+from began.core.step import STEP_METRICS
 from began.data import ImageSet
-from began.images import image_grid, reconstruction_grid, viewable
-from began.interrupts import RunAbandoned, StopFlag
-from began.learner import Learner, snapshot
 from began.metrics import parse_metrics
 from began.metrics.scoring import score
-from began.step import STEP_METRICS
 from began.tracking import FINISHED, KILLED, Tracker
+from began.training.images import image_grid, reconstruction_grid, viewable
+from began.training.interrupts import RunAbandoned, StopFlag
+from began.training.learner import Learner, snapshot
 
 RECONSTRUCTION_GRID_IMAGES = 32
 STOP_REASON_TAG = "stop_reason"  # set on a run that should_stop ended early

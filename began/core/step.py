@@ -9,7 +9,7 @@ Nothing here reads a value back to the host: k, the losses and M_global stay on
 the device until the trainer logs them.
 
 The same step trains a pack of N trials of one architecture as one model
-(`began.pack`): then G and D map (N, B, ...) to (N, B, ...), the losses, k, gamma and
+(`began.training.pack`): then G and D map (N, B, ...) to (N, B, ...), the losses, k, gamma and
 lambda_k are N-vectors, and each trial's loss reaches only its own weights (the
 backward of a sum gives every term the gradient it has alone).
 """
@@ -24,7 +24,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from began.equilibrium import (
+from began.core.equilibrium import (
     balance,
     discriminator_loss,
     generator_loss,
@@ -39,7 +39,7 @@ STEP_METRICS = ("m_global", "k", "loss_d", "loss_g", "loss_real", "loss_fake", "
 
 class StepRule(Protocol):
     """What a step reads of a config: a TrainConfig, or a pack's with N-vector gamma and
-    lambda_k (`began.pack.PackRule`)."""
+    lambda_k (`began.training.pack.PackRule`)."""
 
     gamma: float | torch.Tensor
     lambda_k: float | torch.Tensor

@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from began.config import TrainConfig
-from studies.connection import open_storage
+from studies.fleet.connection import open_storage
 from studies.pruning import make_pruner
 from studies.schema import (
     BASE_CONFIG_ATTR,

@@ -26,8 +26,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from studies.connection import claim_lock
-from studies.optuna_private import (
+from studies.fleet.connection import claim_lock
+from studies.fleet.optuna_private import (
     pop_waiting_trial_id,
     stale_trial_ids,
     storage_of,

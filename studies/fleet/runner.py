@@ -22,15 +22,15 @@ from optuna.trial import TrialState
 
 from began.data import load_images
 from began.metrics import get_metric, parse_metrics
-from studies.connection import setup_lock
+from studies.fleet.connection import setup_lock
+from studies.fleet.queue import is_retry
+from studies.fleet.storage import StudyError, prepare_study
+from studies.fleet.worker import INTERRUPTED_EXIT, worker_main
 from studies.hints import as_typed_here
 from studies.progress import DONE_STATES, StudyProgress, summary
-from studies.queue import is_retry
 from studies.records import close_parent_run, open_parent_run
 from studies.retry import retrying
 from studies.spec import SEARCH, StudySpec
-from studies.study import StudyError, prepare_study
-from studies.worker import INTERRUPTED_EXIT, worker_main
 
 POLL_S = 2.0  # seconds between looks at the study's state (cheap, but not free on 2 cores)
 
@@ -61,8 +61,8 @@ def prepare_shared_data(spec: StudySpec, first_device: str) -> None:
 def _real_statistics(spec: StudySpec, device_name: str) -> None:
     import torch
 
-    from began.learner import resolve_device
     from began.metrics.real_stats import real_statistics
+    from began.training.learner import resolve_device
 
     cfg = spec.base_config
     dataset = load_images(cfg.data, cfg.image_size, cfg.crop, cfg.keep_grayscale, spec.cache_dir)

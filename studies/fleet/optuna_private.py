@@ -6,7 +6,7 @@ never beat from one whose beats stopped, and the studies need all four. Every us
 through these functions, so an Optuna upgrade that removes one fails at import time (or
 in tests/test_private_api.py) with a clear message instead of deep inside a worker.
 The version bounds in pyproject.toml exist because of these private APIs.
-No private MLflow API is used anywhere (began/tracking.py reads the public
+No private MLflow API is used anywhere (began/tracking/mlflow_tracker.py reads the public
 `MlflowClient.tracking_uri`).
 """
 
@@ -30,7 +30,7 @@ def _check_private_api() -> None:
             if not hasattr(owner, name):
                 raise ImportError(
                     f"optuna {optuna.__version__} lacks {owner.__name__}.{name}, "
-                    "which studies/optuna_private.py wraps"
+                    "which studies/fleet/optuna_private.py wraps"
                 )
 
 

@@ -1,13 +1,10 @@
-"""Experiment tracking behind one small interface; the only module that writes to MLflow.
+"""`MlflowTracker`: one MLflow run (a training run, a study's parent run or a trial's
+child run) behind the `Tracker` protocol; the only module of `began` that writes to MLflow.
 
-The trainer, the studies and the reports call a `Tracker`; none of them knows where
-the numbers go.
-- `MlflowTracker` writes one MLflow run: a training run, a study's parent run or a
-  trial's child run. Metrics and images are queued and written by a background
-  thread in batches, so a training step never waits on the tracking store.
-  Checkpoints go into the run's artifacts (written in place and atomically when the
-  artifact store is a local folder, uploaded otherwise).
-- `began.memory_tracker.MemoryTracker` keeps everything in memory, for tests.
+Metrics and images are queued and written by a background thread in batches, so a
+training step never waits on the tracking store. Checkpoints go into the run's artifacts
+(written in place and atomically when the artifact store is a local folder, uploaded
+otherwise).
 """
 
 from __future__ import annotations
@@ -19,62 +16,33 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from began.background_writer import BackgroundWriter
 from began.checkpoint import CHECKPOINT_NAME
 from began.config import TrainConfig
 from began.errors import TrackingError, first_line
-from began.remote_checkpoints import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
-from began.remote_checkpoints import RemoteCheckpoints
 from began.retry import retrying
-from began.urls import check_tracking_uri, local_path, mask_url
-
-FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
-DEFAULT_EXPERIMENT = "began"
-# MLflow's own default store, what a plain `mlflow ui` in the same folder reads.
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-MAX_METRICS_PER_BATCH = 1000  # MLflow's limits for one log_batch call
-MAX_PARAMS_PER_BATCH = 100
-RESUME_COUNT_TAG = "resume_count"  # how many times a run was continued from a checkpoint
-ERROR_TAG = "error"  # why a run ended FAILED or KILLED
-PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag that nests a run under another
-MODELS_TAG = "models_logged"  # "true" once the final models are in the run
-# Re-exported: callers import them from here.
-__all__ = ["CHECKPOINT_ARTIFACT_DIR", "TrackingError", "check_tracking_uri", "mask_url"]
-
-
-# Longest values the MLflow stores accept; longer ones are cut, not refused.
-MAX_PARAM_LENGTH = 6000
-MAX_TAG_LENGTH = 5000
-
-
-class Tracker(Protocol):
-    """One run's record. `run_id` is "" until `create` (or names the run being continued)."""
-
-    run_id: str
-
-    @property
-    def status(self) -> str | None: ...  # RUNNING, FINISHED, FAILED, KILLED; None: not created
-    def create(self) -> str: ...
-    def start(self, cfg: TrainConfig, tags: dict[str, str], resumed: bool) -> None: ...
-    def log_params(self, params: dict[str, Any]) -> None: ...
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_image(self, key: str, image: np.ndarray, step: int) -> None: ...
-    def log_text(self, text: str, artifact_file: str) -> None: ...
-    def log_artifacts(self, folder: Path | str, artifact_path: str) -> None: ...
-    def checkpoint_dir(self) -> Path: ...
-    def checkpoint_saved(self, path: Path) -> None: ...
-    def latest_checkpoint(self) -> Path | None: ...
-    def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None: ...
-    def has_models(self) -> bool: ...
-    def set_tags(self, tags: dict[str, Any]) -> None: ...
-    def finish(self, status: str, error: str | None = None) -> None: ...
-    def close(self) -> None: ...  # write what is queued; the status stays as it is
+from began.tracking.background_writer import BackgroundWriter
+from began.tracking.protocol import (
+    DEFAULT_EXPERIMENT,
+    ERROR_TAG,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_LENGTH,
+    MAX_PARAMS_PER_BATCH,
+    MAX_TAG_LENGTH,
+    MODELS_TAG,
+    PARENT_RUN_TAG,
+    RESUME_COUNT_TAG,
+    RUNNING,
+    next_resume_count,
+)
+from began.tracking.remote_checkpoints import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
+from began.tracking.remote_checkpoints import RemoteCheckpoints
+from began.tracking.urls import local_path, mask_url
 
 
 class MlflowTracker:
@@ -291,16 +259,6 @@ def _params(params: dict[str, Any]) -> list[Any]:
     return [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
 
 
-def next_resume_count(tags: dict[str, str], params: dict[str, Any]) -> str:
-    """The resume count a new start of a run writes: 0 on its first start, one more on
-    each later one. A run was started before when it has a resume count (or params, if an
-    older version started it): a restart, from a checkpoint or from step 0 when the last
-    start died before its first step."""
-    if RESUME_COUNT_TAG not in tags and not params:
-        return "0"
-    return str(int(tags.get(RESUME_COUNT_TAG, "0")) + 1)
-
-
 def _tags(tags: dict[str, Any]) -> list[Any]:
     from mlflow.entities import RunTag
 
@@ -375,7 +333,7 @@ def _log_torch_model(
                 serialization_format="pt2",
                 # Explicit requirements: inferring them imports the world and takes seconds.
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                code_paths=[str(Path(__file__).parent)],
+                code_paths=[str(Path(__file__).parents[1])],  # the began package,
                 input_example=example.numpy(),
             )
         client.log_model_artifacts(logged.model_id, str(path))

@@ -8,11 +8,11 @@ fused: at each step the trials' weights are stacked and the networks run under
 `torch.vmap`, which turns each 3x3 convolution into one grouped convolution over the N
 trials and each linear layer into one batched matmul (nearest upsampling and ELU are
 elementwise as they are). The backward of the stacking hands each trial's gradient back
-to its own weights; `began.step.train_step` sums the N losses, and the gradient of a sum
+to its own weights; `began.core.step.train_step` sums the N losses, and the gradient of a sum
 gives each term exactly the gradient it has alone: one trial's NaN never reaches
 another's weights.
 
-A pack of one is not packed: it is the single run's own step (`began.loop.step_once`).
+A pack of one is not packed: it is the single run's own step (`began.training.loop.step_once`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from torch import nn
 from torch.func import functional_call
 
 from began.config import TrainConfig
+from began.core.step import TrainState, train_step
 from began.data import BatchSampler
-from began.learner import Learner
-from began.step import TrainState, train_step
+from began.training.learner import Learner
 
 # Config fields that may differ between the trials of one pack: the equilibrium rule,
 # the optimiser, the seed and the bookkeeping. Everything else fixes the shapes (or the
@@ -48,7 +48,7 @@ def pack_key(cfg: TrainConfig) -> tuple:
 class PackedNetwork:
     """The same network of N trials as one callable: (N, B, ...) -> (N, B, ...).
 
-    `parameters()` yields every trial's own weights, so `began.step.frozen` and the
+    `parameters()` yields every trial's own weights, so `began.core.step.frozen` and the
     backward of a step see them as one network's.
     """
 

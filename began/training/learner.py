@@ -13,10 +13,10 @@ from torch import nn
 
 from began.checkpoint import Checkpoint
 from began.config import ConfigError, TrainConfig, check_device_name
+from began.core.models import Discriminator, Generator, sample_z
+from began.core.schedule import PlateauHalving
+from began.core.step import TrainState
 from began.errors import first_line
-from began.models import Discriminator, Generator, sample_z
-from began.schedule import PlateauHalving
-from began.step import TrainState
 
 FIXED_Z_SEED_OFFSET = 7919  # the sample-grid z is drawn apart from the training z
 

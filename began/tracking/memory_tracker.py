@@ -14,13 +14,8 @@ from torch import nn
 
 from began.checkpoint import CHECKPOINT_NAME
 from began.config import TrainConfig
-from began.tracking import (
-    CHECKPOINT_ARTIFACT_DIR,
-    MODELS_TAG,
-    RESUME_COUNT_TAG,
-    RUNNING,
-    next_resume_count,
-)
+from began.tracking.protocol import MODELS_TAG, RESUME_COUNT_TAG, RUNNING, next_resume_count
+from began.tracking.remote_checkpoints import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
 
 _NEW_IDS = itertools.count()
 

@@ -3,8 +3,8 @@ several runs at once (`run_runs`), which a study's worker uses to train packed t
 
 A run is opened once (`open_run`: the tracker's run, the data, the `Learner` with its
 networks, optimizers and state, resumed from the run's checkpoint when there is one, and
-its `RunRecorder`), then the loop alternates the math (`began.step.train_step`, one run
-at a time or a pack of runs of one architecture as one model: `began.pack`) with each
+its `RunRecorder`), then the loop alternates the math (`began.core.step.train_step`, one run
+at a time or a pack of runs of one architecture as one model: `began.training.pack`) with each
 run's recorder (logs, grids, evaluations and should_stop, checkpoints). A run that ends,
 however it ends, leaves the loop alone: the others go on, and new ones may join.
 Ctrl-C, SIGTERM and SIGHUP stop every run between steps, each with a checkpoint.
@@ -23,12 +23,14 @@ from tqdm import tqdm
 
 from began.checkpoint import Checkpoint, load_checkpoint_or_previous
 from began.config import ConfigError, TrainConfig
+from began.core.step import train_step
 from began.data import BatchSampler, ImageSet, load_images, split_holdout
-from began.interrupts import RunAbandoned, StopFlag, deferred_interrupts
-from began.learner import Learner, build_learner, resolve_device, restore
-from began.pack import pack_key, step_pack
-from began.provenance import run_tags
-from began.recorder import (
+from began.tracking import FAILED, FINISHED, KILLED, RUNNING, Tracker
+from began.training.interrupts import RunAbandoned, StopFlag, deferred_interrupts
+from began.training.learner import Learner, build_learner, resolve_device, restore
+from began.training.pack import pack_key, step_pack
+from began.training.provenance import run_tags
+from began.training.recorder import (
     STOPPED,
     EvalReport,
     RunRecorder,
@@ -37,8 +39,6 @@ from began.recorder import (
     TrainingInterrupted,
     TrainResult,
 )
-from began.step import train_step
-from began.tracking import FAILED, FINISHED, KILLED, RUNNING, Tracker
 
 __all__ = [
     "STOPPED",
@@ -104,7 +104,7 @@ class OpenRun:
     sampler: BatchSampler
     recorder: RunRecorder
     flag: StopFlag
-    key: tuple = ()  # began.pack.pack_key: runs with equal keys step as one model
+    key: tuple = ()  # began.training.pack.pack_key: runs with equal keys step as one model
 
     @property
     def tracker(self) -> Tracker:
