@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
-from began.config import TrainConfig
+from began.config import DEMO, PAPER, PRESETS, Preset, TrainConfig
 
 T = TypeVar("T")
 
@@ -68,24 +68,27 @@ def resume_command(module: str, run_id: str, tracking_uri: str | None) -> str:
     return command + (f" --tracking-uri {mask_url(tracking_uri)}" if tracking_uri else "")
 
 
-def add_config_options(
-    parser: argparse.ArgumentParser,
-    shown_defaults: dict[str, Any],
-    skip: frozenset[str] = frozenset(),
-) -> None:
-    """One `--field-name` option per TrainConfig field (but `skip`), with the field's help.
+def add_config_options(parser: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
+    """`--preset`, then one `--field-name` option per TrainConfig field (but `skip`), with
+    the field's help and its default in each preset where they differ.
 
     Options default to None so that the caller can tell what the user set.
     """
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help=f"the defaults to start from (default: {PAPER} with --data, {DEMO} without); "
+        "the options given go over them. "
+        + "; ".join(_describe_preset(preset) for preset in PRESETS.values()),
+    )
     for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
+        if f.name in skip or f.name == "preset":  # set by --preset, not an option of its own
             continue
         flag = option_flag(f.name)
-        default = shown_defaults.get(f.name, f.default)
         help_text = f.metadata.get("help", "")
         if "(default" not in help_text:  # a help that states its default says it better
-            help_text += f" (default: {default!r}"
-            help_text += f"; with --data: {f.default!r})" if default != f.default else ")"
+            help_text += f" (default: {_preset_defaults(f.name, f.default)})"
         if f.type in ("bool", bool):
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -95,6 +98,49 @@ def add_config_options(
             parser.add_argument(
                 flag, type=kind, default=None, metavar=f.name.upper(), help=help_text
             )
+
+
+def _describe_preset(preset: Preset) -> str:
+    """ "demo: a small model ..., image_size=32, ..., 3 evaluations" for --help."""
+    values = [f"{name}={value!r}" for name, value in preset.overrides.items()]
+    return f"{preset.name}: {', '.join([preset.about, *values])}, {preset.evaluations} evaluations"
+
+
+def _preset_defaults(name: str, default: Any) -> str:
+    """A field's default, "64", or per preset where they differ: "demo 32, paper 64"."""
+    values = {preset.name: preset.overrides.get(name, default) for preset in PRESETS.values()}
+    if len(set(map(repr, values.values()))) == 1:
+        return repr(default)
+    return ", ".join(f"{preset} {value!r}" for preset, value in values.items())
+
+
+def preset_header(cfg: TrainConfig, chosen_by: str) -> str:
+    """The first line a training command prints: the preset its defaults came from and the
+    values of that preset still in effect, so that the demo is never taken for the paper.
+
+    `chosen_by` says why this preset: "--preset", "the default without --data", ...
+    """
+    if cfg.preset not in PRESETS:
+        return "preset: not recorded (a run started before presets existed)"
+    preset = PRESETS[cfg.preset]
+    in_effect = [
+        f"{name}={value}"
+        for name, value in preset.overrides.items()
+        if getattr(cfg, name) == value  # not one the user set otherwise
+    ]
+    hint = ""
+    if chosen_by.startswith("the default"):
+        other = DEMO if preset.name == PAPER else PAPER
+        hint = f"; --preset {other} for {PRESETS[other].about}"
+    values = " ".join(in_effect) if in_effect else preset.about
+    return f"preset {preset.name} ({chosen_by}{hint}): {values}"
+
+
+def preset_chosen_by(options: dict[str, Any]) -> str:
+    """Why a command line's preset is the one it is, for `preset_header`."""
+    if options.get("preset"):
+        return "--preset"
+    return "the default with --data" if options.get("data") else "the default without --data"
 
 
 def user_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,6 +4,10 @@ Everything that decides what a run computes lives here, flat, with a default.
 It is logged whole to MLflow (as params and as ``config.json``) and stored in
 every checkpoint, so a run can be rebuilt from its record alone. A study derives
 a trial's config with ``dataclasses.replace(base, gamma=...)``.
+
+A command line starts from a preset (``PRESETS``): ``demo``, a small model for a CPU, or
+``paper``, the paper's values (the field defaults below); the options the user sets go
+over it (``config_from_options``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ def option(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # --- where the defaults came from: a label, it changes nothing the run computes ---
+    preset: str = option(
+        "",
+        "the preset the command line started from (demo or paper); "
+        "empty: a config built in code, or a run recorded before presets existed",
+    )
     # --- data ---
     data: str = option(
         "",
@@ -92,7 +102,7 @@ class TrainConfig:
     eval_every: int = option(
         0,
         "steps between quality evaluations, 0: only at the end (default on the command line: "
-        "steps / 10 with --data, steps / 3 without)",
+        "steps / the preset's number of evaluations, see --preset)",
     )
     metrics: str = option(
         "", "quality metrics to evaluate, e.g. fid_1k,kid_1k,diversity,recon,sharpness"
@@ -136,8 +146,26 @@ class TrainConfig:
         return cls(**{key: value for key, value in values.items() if key in known})
 
 
-# What `python -m began.train` with no --data runs: a CPU demo that finishes in minutes.
-# Tuned on the 100 built-in faces so that a 1,500-step run does not collapse:
+DEMO, PAPER = "demo", "paper"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The defaults a command line starts from; the options the user sets go over them."""
+
+    name: str
+    about: str  # what it is for, in a few words (--help and the command's first line)
+    overrides: dict[str, Any]  # the fields that differ from TrainConfig's defaults, the paper's
+    # Quality evaluations in a run when --eval-every is not given, evenly over its steps:
+    # enough for a curve of quality over training and for the health rule of a study to
+    # act (it waits for 3 in a row).
+    evaluations: int
+
+    def config(self) -> TrainConfig:
+        return TrainConfig(preset=self.name, **self.overrides)
+
+
+# The CPU demo, tuned on the 100 built-in faces so that a 1,500-step run does not collapse:
 # - lambda_k 0.02, 20x the paper's: with 0.001, k rises ~4e-5 per step and is still
 #   ~0.03 at step 1,000, so D stays a plain autoencoder of real faces and every z
 #   maps to one average face (diversity SSIM 0.95 against 0.24 for real pairs);
@@ -145,46 +173,54 @@ class TrainConfig:
 # - repeat 1 and shared_fake: about half the cost per step, so 1,500 steps fit the
 #   time of 1,000, and the faces came out sharper.
 # At gamma 0.5 to 0.9 the samples end at diversity SSIM ~0.61-0.65 (docs/performance.md).
-DEMO_OVERRIDES: dict[str, Any] = dict(
-    image_size=32,
-    crop="none",
-    keep_grayscale=True,
-    holdout=16,
-    filters=16,
-    hidden=32,
-    repeat=1,
-    shared_fake=True,
-    lambda_k=0.02,
-    lr=2e-4,
-    adam_beta1=0.5,
-    steps=1500,
-    sample_every=500,
-    checkpoint_every=500,
-    lr_window=150,
-    num_grid=64,
-    metrics="diversity,recon,sharpness",
+# Its 3 evaluations fall at steps 500, 1,000 and 1,500.
+_DEMO = Preset(
+    DEMO,
+    about="a small model that trains on a CPU in minutes",
+    overrides=dict(
+        image_size=32,
+        crop="none",
+        keep_grayscale=True,
+        holdout=16,
+        filters=16,
+        hidden=32,
+        repeat=1,
+        shared_fake=True,
+        lambda_k=0.02,
+        lr=2e-4,
+        adam_beta1=0.5,
+        steps=1500,
+        sample_every=500,
+        checkpoint_every=500,
+        lr_window=150,
+        metrics="diversity,recon,sharpness",
+    ),
+    evaluations=3,
 )
+_PAPER = Preset(PAPER, about="the paper's values", overrides={}, evaluations=10)
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in (_DEMO, _PAPER)}
 
-# Evaluations in a run when --eval-every is not given: enough for the health rule of a
-# study to act (it waits for 3 in a row) and for a curve of quality over training.
-EVALUATIONS_WITH_DATA = 10
-EVALUATIONS_IN_DEMO = 3  # the demo's 1,500 steps: at 500, 1,000 and 1,500
+
+def resolve_preset(options: dict[str, Any]) -> str:
+    """The preset a command line starts from: the --preset given, else paper with --data
+    (a real dataset is worth the paper's model) and demo without (the built-in faces)."""
+    name = options.get("preset") or (PAPER if options.get("data") else DEMO)
+    _require(name in PRESETS, "preset", f"must be one of {', '.join(PRESETS)}, got {name!r}")
+    return name
 
 
 def config_from_options(overrides: dict[str, Any]) -> TrainConfig:
-    """The config a command line asks for: the options the user set over the paper's
-    defaults when there is --data, over the CPU demo's without. The one place that decides
-    both, for single runs and studies alike.
+    """The config a command line asks for: the options the user set over the preset's
+    values (`resolve_preset`). The one place that decides both, for single runs and
+    studies alike.
 
-    Without --eval-every, a run is evaluated EVALUATIONS_WITH_DATA (or, in the demo,
-    EVALUATIONS_IN_DEMO) times, evenly over its steps.
+    Without --eval-every, a run is evaluated the preset's number of times, evenly over
+    its steps.
     """
-    with_data = bool(overrides.get("data"))
-    base = TrainConfig() if with_data else TrainConfig(**DEMO_OVERRIDES)
-    cfg = dataclasses.replace(base, **overrides)
+    preset = PRESETS[resolve_preset(overrides)]
+    cfg = dataclasses.replace(preset.config(), **overrides)
     if "eval_every" not in overrides:
-        evaluations = EVALUATIONS_WITH_DATA if with_data else EVALUATIONS_IN_DEMO
-        cfg = dataclasses.replace(cfg, eval_every=max(1, cfg.steps // evaluations))
+        cfg = dataclasses.replace(cfg, eval_every=max(1, cfg.steps // preset.evaluations))
     return cfg
 
 
@@ -209,6 +245,11 @@ def _check_spec(option: str, spec: str) -> None:
 
 
 def _validate(cfg: TrainConfig) -> None:
+    _require(
+        cfg.preset in ("", *PRESETS),
+        "preset",
+        f"must be one of {', '.join(PRESETS)}, got {cfg.preset!r}",
+    )
     _require(
         cfg.image_size in SUPPORTED_IMAGE_SIZES,
         "image_size",

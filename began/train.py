@@ -1,7 +1,8 @@
 """`python -m began.train`: train one BEGAN run from the command line, tracked in MLflow.
 
     python -m began.train                                   # the CPU demo on built-in faces
-    python -m began.train --data /data/lfw-deepfunneled --image-size 64 --device cuda
+    python -m began.train --data /data/lfw-deepfunneled --device cuda   # the paper's model
+    python -m began.train --preset demo --data DIR          # the small demo model, real data
     python -m began.train --resume RUN_ID                   # continue a stopped run
 
 The loop itself is `began.training.loop.train`; this module only turns options into a config
@@ -22,11 +23,13 @@ from began.cli import (
     add_config_options,
     check_name,
     fail,
+    preset_chosen_by,
+    preset_header,
     resume_command,
     run_cli,
     user_overrides,
 )
-from began.config import DEMO_OVERRIDES, ConfigError, TrainConfig, config_from_options
+from began.config import ConfigError, TrainConfig, config_from_options
 from began.tracking import MlflowTracker, check_tracking_uri
 from began.training.learner import resolve_device
 from began.training.loop import TrainingDiverged, TrainingInterrupted, TrainResult, train
@@ -36,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="python -m began.train",
         description="Train BEGAN on a folder of face images and record the run in MLflow. "
-        "Without --data: a short CPU demo on built-in faces (demo values shown as defaults).",
+        "Without --data: a short CPU demo on built-in faces (--preset demo); with --data: the "
+        "paper's model (--preset paper).",
         formatter_class=HelpFormatter,
     )
-    add_config_options(parser, shown_defaults=DEMO_OVERRIDES)
+    add_config_options(parser)
     parser.add_argument("--experiment", default="began", help="MLflow experiment name")
     parser.add_argument("--run-name", default=None, help="MLflow run name (default: generated)")
     parser.add_argument(
@@ -57,7 +61,14 @@ def _resumed_config(args: argparse.Namespace) -> tuple[TrainConfig, MlflowTracke
     path = tracker.latest_checkpoint()
     if path is None:
         raise ConfigError(f"--resume {args.resume}: the run has no checkpoint to resume from")
-    return replace(load_checkpoint_or_previous(path).config, **user_overrides(args)), tracker
+    saved = load_checkpoint_or_previous(path).config
+    if args.preset is not None and args.preset != saved.preset:
+        # The preset chose the run's values when it started; a new label would not change them.
+        raise ConfigError(
+            f"--preset: run {args.resume} started from preset {saved.preset or '(not recorded)'}"
+            " and keeps it; drop the option"
+        )
+    return replace(saved, **user_overrides(args)), tracker
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
@@ -68,12 +79,16 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     check_tracking_uri(args.tracking_uri)
     if args.resume:
         cfg, tracker = _resumed_config(args)
+        chosen_by = f"run {args.resume}'s own"
     else:
-        cfg = config_from_options(user_overrides(args))
+        options = user_overrides(args)
+        cfg = config_from_options(options)
+        chosen_by = preset_chosen_by(options)
         if cfg.data and not Path(cfg.data).exists():  # before a run is created for it
             raise ConfigError(f"data: {cfg.data} does not exist")
         resolve_device(cfg.device)  # a GPU that is not here: now, not after the data loads
         tracker = MlflowTracker(args.tracking_uri, args.experiment, args.run_name)
+    print(preset_header(cfg, chosen_by), flush=True)
     try:
         result = train(cfg, tracker, quiet=args.quiet, cache_dir=args.cache_dir)
     except TrainingInterrupted as stop:

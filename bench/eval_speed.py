@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from began.config import DEMO_OVERRIDES, TrainConfig
+from began.config import DEMO, PRESETS, TrainConfig
 from began.core.models import Discriminator, Generator, sample_z
 from began.core.step import TrainState, train_step
 from began.metrics import EvalInputs, evaluate, inception, parse_metrics
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
         if args.json:
             print(json.dumps(result))
         return result
-    cfg = dataclasses.replace(TrainConfig(**DEMO_OVERRIDES), batch_size=16, lr=1e-4)
+    cfg = dataclasses.replace(PRESETS[DEMO].config(), batch_size=16, lr=1e-4)
 
     rate = inception_throughput(device, args.num, args.repeats)
     print(f"inception: {rate:.1f} images/s (batch {INCEPTION_BATCH}, median of {args.repeats})")

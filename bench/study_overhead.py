@@ -35,11 +35,11 @@ PLAIN = """
 import sys, torch
 from dataclasses import replace
 torch.set_num_threads(2)
-from began.config import DEMO_OVERRIDES, TrainConfig
+from began.config import DEMO, PRESETS, TrainConfig
 from began.tracking import MlflowTracker
 from began.training.loop import train
 steps, gammas = int(sys.argv[1]), [float(g) for g in sys.argv[2].split(",")]
-base = replace(TrainConfig(**DEMO_OVERRIDES), steps=steps, eval_every=500, device="cpu")
+base = replace(PRESETS[DEMO].config(), steps=steps, eval_every=500, device="cpu")
 for gamma in gammas:
     train(replace(base, gamma=gamma), MlflowTracker("sqlite:///mlflow.db", "plain"))
 """

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from began.config import DEMO_OVERRIDES, TrainConfig
+from began.config import DEMO, PRESETS, TrainConfig
 from began.tracking import MlflowTracker
 from began.tracking.memory_tracker import MemoryTracker
 from began.training.loop import train
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     cfg = replace(
-        TrainConfig(**DEMO_OVERRIDES),
+        PRESETS[DEMO].config(),
         steps=args.steps,
         log_every=args.log_every,
         sample_every=10**9,  # grids and checkpoints only at the end, outside the timed steps

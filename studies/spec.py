@@ -18,9 +18,10 @@ from studies.objectives import Objective
 from studies.pruning import HealthRule
 
 GRID, SEARCH = "grid", "search"
-# Config fields a rerun of a study may change: where and how fast it runs, not what it
+# Config fields a rerun of a study may change: where and how fast it runs, and the name of
+# the preset its values came from (the values themselves are compared), not what it
 # computes. They are also left out of the default study name.
-RERUN_MAY_CHANGE = frozenset({"device", "precision", "compile", "channels_last"})
+RERUN_MAY_CHANGE = frozenset({"device", "precision", "compile", "channels_last", "preset"})
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_HEARTBEAT_S = 30  # a trial whose worker is silent for 2x this is retried
 

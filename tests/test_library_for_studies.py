@@ -169,7 +169,7 @@ def test_help_shows_each_default_once():
     ).stdout
     assert "(default: None)" not in out
     flat = " ".join(out.split())
-    assert "(default: 32; with --data: 64)" in flat  # the demo's value and the paper's
+    assert "(default: demo 32, paper 64)" in flat  # each preset's value, named
     options = re.split(r"\n  (?=-)", out.split("options:", 1)[1])
     assert len(options) > 30
     for text in options:

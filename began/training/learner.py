@@ -22,9 +22,11 @@ FIXED_Z_SEED_OFFSET = 7919  # the sample-grid z is drawn apart from the training
 
 # Fields that may differ between a checkpoint and the config that resumes it:
 # they change how fast a run goes or how often it reports, not what it computes.
+# (preset only names where the values came from; a checkpoint older than presets has none.)
 RESUMABLE_CHANGES = frozenset(
     {"device", "precision", "compile", "channels_last", "steps", "log_every", "sample_every",
-     "checkpoint_every", "eval_every", "metrics", "data", "reference_size", "feature_network"}
+     "checkpoint_every", "eval_every", "metrics", "data", "reference_size", "feature_network",
+     "preset"}
 )  # fmt: skip
 
 
