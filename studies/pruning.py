@@ -18,17 +18,27 @@ It applies to every study, single- or multi-objective.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import optuna
 
+from began.retry import retrying
 from began.training.interrupts import RunAbandoned
 from began.training.loop import EvalReport
 from studies.objectives import M_GLOBAL, Objective
-from studies.retry import retrying
 from studies.schema import LAST_EVALUATION_ATTR
 
 PRUNERS = ("none", "median", "hyperband")
+T = TypeVar("T")
+
+
+def retrying_unless_finished(action: Callable[[], T]) -> T:
+    """A request about a trial (this monitor's reports, its worker's attributes and
+    outcome) under the retry policy of `began.retry`. A trial that another worker
+    finished meanwhile (failed as stale) is no hiccup: that error is raised at once."""
+    return retrying(action, give_up_on=(optuna.exceptions.UpdateFinishedTrialError,))
 
 
 class PrunerError(ValueError):
@@ -150,14 +160,14 @@ class TrialMonitor:
     def _decide(self, report: EvalReport) -> str | None:
         values = {o.logged: o.value(report.m_global, report.metrics) for o in self.objectives}
         shown = {"step": report.step, **{k: v for k, v in values.items() if math.isfinite(v)}}
-        retrying(lambda: self.trial.set_user_attr(LAST_EVALUATION_ATTR, shown))
+        retrying_unless_finished(lambda: self.trial.set_user_attr(LAST_EVALUATION_ATTR, shown))
         reason = self.health.check(report)
         if reason is not None:
             return reason
         if len(self.objectives) == 1:
             [(name, value)] = values.items()
             if math.isfinite(value):
-                retrying(lambda: self.trial.report(value, report.step))
-                if retrying(self.trial.should_prune):
+                retrying_unless_finished(lambda: self.trial.report(value, report.step))
+                if retrying_unless_finished(self.trial.should_prune):
                     return f"pruner: {name} = {value:.4g} at step {report.step}"
         return None

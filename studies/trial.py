@@ -21,9 +21,8 @@ from began.tracking import MlflowTracker
 from began.training.interrupts import StopFlag
 from began.training.loop import DataCache, OpenRun, TrainingDiverged, TrainResult, open_run
 from studies.collapse import collapse_warning
-from studies.pruning import TrialMonitor
+from studies.pruning import TrialMonitor, retrying_unless_finished
 from studies.records import trial_tracker
-from studies.retry import retrying
 from studies.schema import (
     COLLAPSE_WARNING_TAG,
     FINAL_ATTR,
@@ -67,7 +66,8 @@ def start_trial(
     params = suggest(trial, spec.space)  # a queued grid point, a retry's params, or sampled
     cfg = replace(spec.base_config, **params, device=device)
     tracker = trial_tracker(spec, trial, parent_run_id)  # a new child run, or the one retried
-    retrying(lambda: trial.set_user_attr(RUN_ID_ATTR, tracker.run_id))  # before training
+    # Before training: a retry of this trial finds its run by this attribute.
+    retrying_unless_finished(lambda: trial.set_user_attr(RUN_ID_ATTR, tracker.run_id))
     started = StartedTrial(trial, cfg, tracker)
     monitor = TrialMonitor(trial, list(spec.objectives), spec.health)
     opened = open_run(
@@ -93,7 +93,7 @@ def trial_outcome(
     if isinstance(ended, BaseException):
         raise ended
     final = _final_metrics(ended)
-    retrying(lambda: trial.set_user_attr(FINAL_ATTR, final))
+    retrying_unless_finished(lambda: trial.set_user_attr(FINAL_ATTR, final))
     warning = collapse_warning(final, spec.health.collapse_ssim)
     if warning:  # on the run, where mlflow ui and the report show it
         tracker.set_tags({COLLAPSE_WARNING_TAG: warning})

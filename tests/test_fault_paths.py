@@ -17,6 +17,7 @@ import began.training.loop as loop_module
 from began.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint, save_checkpoint
 from began.cli import resume_command
 from began.config import ConfigError, TrainConfig
+from began.retry import RETRY_WAITS_S
 from began.tracking import FAILED, FINISHED, KILLED, RUNNING, MlflowTracker, TrackingError
 from began.tracking.memory_tracker import MemoryTracker
 from began.training.learner import build_learner, snapshot
@@ -207,7 +208,7 @@ def test_a_failed_checkpoint_download_is_retried_then_an_error_never_step_0(tmp_
     tracker.close()
     names = {f.path for f in tracker.client.list_artifacts(tracker.run_id, "checkpoints")}
     assert names == {f"checkpoints/{CHECKPOINT_NAME}", f"checkpoints/{PREVIOUS_NAME}"}
-    monkeypatch.setattr("began.tracking.remote_checkpoints.DOWNLOAD_FIRST_WAIT_S", 0.01)
+    monkeypatch.setattr("began.retry.RETRY_WAITS_S", (0.0,) * len(RETRY_WAITS_S))
     retry = remote_tracker(tmp_path, run_id=tracker.run_id)
     real_download = retry.client.download_artifacts
     failures = []

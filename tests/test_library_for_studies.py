@@ -20,6 +20,7 @@ from began.cli import as_typed, resume_command, run_cli
 from began.data import DataError
 from began.data.sampler import holdout_count, split_holdout
 from began.metrics import metric_direction, objective_names, parse_metrics
+from began.retry import RETRY_WAITS_S
 from began.tracking import MlflowTracker, TrackingError, with_retries
 from began.tracking.memory_tracker import MemoryTracker
 from began.training.images import image_grid, viewable
@@ -125,7 +126,7 @@ def test_models_land_in_their_own_run_whatever_the_process_settings(tmp_path):
 
 
 def test_store_requests_are_retried_then_fail_in_one_line(monkeypatch):
-    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    monkeypatch.setattr("began.retry.RETRY_WAITS_S", (0.0,) * len(RETRY_WAITS_S))
     attempts = []
 
     def flaky():
@@ -137,11 +138,14 @@ def test_store_requests_are_retried_then_fail_in_one_line(monkeypatch):
     assert with_retries(flaky, "creating the run") == "ok" and len(attempts) == 3
 
     def down():
+        attempts.append(1)
         raise ConnectionError("Connection refused\nmore detail")
 
+    attempts.clear()
     with pytest.raises(TrackingError, match="^tracking store: marking run x FINISHED failed: "
                                             "Connection refused$"):  # fmt: skip
         with_retries(down, "marking run x FINISHED")
+    assert len(attempts) == len(RETRY_WAITS_S) + 1  # one attempt, then one after each wait
 
 
 def test_the_hold_out_adapts_to_small_datasets(tmp_path):

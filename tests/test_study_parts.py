@@ -11,13 +11,21 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from began.cli import run_cli
 from began.config import TrainConfig
+from began.retry import RETRY_WAITS_S
 from began.tracking import mask_url
 from began.training.loop import EvalReport
 from studies import gamma_sweep, search
 from studies.fleet.storage import StudyError, load_study, prepare_study
 from studies.fleet.worker import _may_start_new
 from studies.objectives import ObjectiveError, resolve_objectives
-from studies.pruning import HealthRule, HealthState, PrunerError, make_pruner, pruner_warning
+from studies.pruning import (
+    HealthRule,
+    HealthState,
+    PrunerError,
+    make_pruner,
+    pruner_warning,
+    retrying_unless_finished,
+)
 from studies.space import (
     SpaceError,
     grid_points,
@@ -191,6 +199,27 @@ def test_a_search_stops_asking_at_n_trials_or_its_timeout():
     assert _may_start_new(spec, [first, retry], now)  # a retry is not a second trial
     assert not _may_start_new(spec, [first, retry, first], now)
     assert not _may_start_new(spec, [], now - 61)  # past the timeout: no new trial
+
+
+def test_a_trial_finished_elsewhere_is_not_retried_a_database_hiccup_is(monkeypatch):
+    monkeypatch.setattr("began.retry.RETRY_WAITS_S", (0.0,) * len(RETRY_WAITS_S))
+    attempts = []
+
+    def finished_elsewhere():
+        attempts.append(1)
+        raise optuna.exceptions.UpdateFinishedTrialError("trial 0 is already finished")
+
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        retrying_unless_finished(finished_elsewhere)
+    assert len(attempts) == 1
+
+    def hiccup_then_ok():
+        attempts.append(1)
+        if len(attempts) < 4:
+            raise ConnectionResetError("server closed the connection")
+        return "ok"
+
+    assert retrying_unless_finished(hiccup_then_ok) == "ok" and len(attempts) == 4
 
 
 @pytest.mark.parametrize(("pruner", "kind"), [("none", "NopPruner"), ("median", "MedianPruner")])

@@ -221,7 +221,6 @@ class MlflowTracker:
                     self.client, self.experiment_id, self.run_id, model, name, example
                 ),
                 f"logging the {name} model",
-                attempts=3,
             )
         self._writer = BackgroundWriter(self._write)
         self.set_tags({MODELS_TAG: "true"})
@@ -292,13 +291,11 @@ def experiment_id(client: Any, name: str) -> str:
     return client.create_experiment(name)
 
 
-def with_retries(
-    action: Callable[[], Any], what: str, attempts: int = 5, first_delay: float = 0.5
-) -> Any:
-    """Run a store request, retrying with exponential backoff (a busy SQLite file, a
+def with_retries(action: Callable[[], Any], what: str) -> Any:
+    """Run a store request under the retry policy of `began.retry` (a busy SQLite file, a
     restarting server); after the last attempt, TrackingError says what failed."""
     try:
-        return retrying(action, attempts, give_up_on=(TrackingError,), first_wait=first_delay)
+        return retrying(action, give_up_on=(TrackingError,))
     except TrackingError:
         raise
     except Exception as error:

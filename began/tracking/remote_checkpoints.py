@@ -29,8 +29,6 @@ from began.retry import retrying
 
 ARTIFACT_DIR = "checkpoints"
 STAGING_PREFIX = "began-staging-"
-DOWNLOAD_ATTEMPTS = 4
-DOWNLOAD_FIRST_WAIT_S = 2.0  # then 4 and 8 s: a store that restarts has time to come back
 _STAGING_PID = re.compile(rf"^{STAGING_PREFIX}(\d+)-")
 
 
@@ -117,7 +115,7 @@ class RemoteCheckpoints:
 
     def _retried(self, action: Callable[[], Any]) -> Any:
         try:
-            return retrying(action, DOWNLOAD_ATTEMPTS, first_wait=DOWNLOAD_FIRST_WAIT_S)
+            return retrying(action)
         except Exception as error:
             raise CheckpointDownloadError(
                 f"run {self.run_id}: cannot download the checkpoint from the artifact store "

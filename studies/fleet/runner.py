@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from began.data import load_images
 from began.metrics import get_metric, parse_metrics
+from began.retry import retrying
 from studies.fleet.connection import setup_lock
 from studies.fleet.queue import is_retry
 from studies.fleet.storage import StudyError, prepare_study
@@ -29,7 +30,6 @@ from studies.fleet.worker import INTERRUPTED_EXIT, worker_main
 from studies.hints import as_typed_here
 from studies.progress import DONE_STATES, StudyProgress, summary
 from studies.records import close_parent_run, open_parent_run
-from studies.retry import retrying
 from studies.spec import SEARCH, StudySpec
 
 POLL_S = 2.0  # seconds between looks at the study's state (cheap, but not free on 2 cores)

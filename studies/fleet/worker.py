@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from began.errors import first_line, one_line
-from began.retry import DEFAULT_ATTEMPTS
+from began.retry import RETRY_WAITS_S
 from began.tracking import FAILED, MlflowTracker
 from began.training.interrupts import RunAbandoned, StopFlag, deferred_interrupts
 from began.training.loop import DataCache, OpenRun, TrainingInterrupted, TrainResult, run_runs
@@ -47,8 +47,8 @@ from studies.fleet.queue import (
     new_trial,
 )
 from studies.fleet.storage import load_study
+from studies.pruning import retrying_unless_finished
 from studies.records import record_trial_end
-from studies.retry import retrying
 from studies.schema import ERROR_FILE, REASON_ATTR, RUN_ID_ATTR
 from studies.spec import SEARCH, StudySpec
 from studies.trial import StartedTrial, start_trial, trial_outcome
@@ -159,12 +159,15 @@ class Worker:
         try:
             trial = next_trial(self.study, self.spec, self.started)
         except Exception:
-            # Never retried at once: a claim that committed before the error is now
-            # RUNNING without its worker, and is retried as stale after the grace.
+            # Never retried at once: a claim that committed before the error is RUNNING
+            # without its worker now (it is retried as stale after the grace), and a
+            # storage that just failed needs time to come back. So the next look waits as
+            # a store request's retry does (`began.retry`), and a storage still failing
+            # after all of those waits stops the worker.
             self.failures += 1
-            if self.failures >= DEFAULT_ATTEMPTS:
+            if self.failures > len(RETRY_WAITS_S):
                 raise
-            time.sleep(2.0**self.failures)
+            time.sleep(RETRY_WAITS_S[self.failures - 1])
             return WAIT
         self.failures = 0
         return trial
@@ -215,15 +218,15 @@ class Worker:
             _fail(study, trial, spec, error)
             return
         if outcome.reason:
-            retrying(lambda: trial.set_user_attr(REASON_ATTR, outcome.reason))
+            retrying_unless_finished(lambda: trial.set_user_attr(REASON_ATTR, outcome.reason))
         values = None
         if outcome.values is not None:
             values = {o.logged: v for o, v in zip(spec.objectives, outcome.values, strict=True)}
         record_trial_end(outcome.tracker, outcome.state, values, outcome.reason, outcome.step)
         if outcome.state == TrialState.COMPLETE:
-            retrying(lambda: _tell(study, trial, values=outcome.values))
+            retrying_unless_finished(lambda: _tell(study, trial, values=outcome.values))
         else:
-            retrying(lambda: _tell(study, trial, state=outcome.state))
+            retrying_unless_finished(lambda: _tell(study, trial, state=outcome.state))
 
 
 def stop_trial(study: optuna.Study, trial: optuna.Trial) -> None:
@@ -231,10 +234,10 @@ def stop_trial(study: optuna.Study, trial: optuna.Trial) -> None:
     then marked FAIL. In that order: a second signal in between then leaves a queued copy
     (or, before it, a RUNNING trial that becomes stale), never a failed trial nobody
     continues; and continue_later never queues one trial twice."""
-    retrying(lambda: trial.set_user_attr(REASON_ATTR, "interrupted (stop signal)"))
-    frozen = retrying(lambda: storage_of(study).get_trial(trial_id_of(trial)))
-    retrying(lambda: continue_later(study, frozen, crashed=False))
-    retrying(lambda: _tell(study, trial, state=TrialState.FAIL))
+    retrying_unless_finished(lambda: trial.set_user_attr(REASON_ATTR, "interrupted (stop signal)"))
+    frozen = retrying_unless_finished(lambda: storage_of(study).get_trial(trial_id_of(trial)))
+    retrying_unless_finished(lambda: continue_later(study, frozen, crashed=False))
+    retrying_unless_finished(lambda: _tell(study, trial, state=TrialState.FAIL))
 
 
 def _taken_over(trial: optuna.Trial) -> None:
@@ -290,7 +293,7 @@ def _fail(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, error: Exce
     """An exception fails this trial only: recorded with the error on the trial and its
     run (ended FAILED, with the traceback), and the study goes on."""
     reason = one_line(f"{type(error).__name__}: {error}")[:MAX_REASON_LENGTH]
-    retrying(lambda: trial.set_user_attr(REASON_ATTR, reason))
+    retrying_unless_finished(lambda: trial.set_user_attr(REASON_ATTR, reason))
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if run_id:
         try:
@@ -300,7 +303,7 @@ def _fail(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, error: Exce
             tracker.finish(FAILED, error=reason)
         except Exception:
             pass  # the Optuna record below is the one that must be written
-    retrying(lambda: _tell(study, trial, state=TrialState.FAIL))
+    retrying_unless_finished(lambda: _tell(study, trial, state=TrialState.FAIL))
     print(f"trial {trial.number} failed: {reason}", file=sys.stderr, flush=True)
 
 
