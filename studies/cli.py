@@ -27,6 +27,7 @@ from began.config import DEMO, PAPER, ConfigError, TrainConfig, config_from_opti
 from began.tracking import DEFAULT_TRACKING_URI, check_tracking_uri
 from began.training.learner import resolve_device
 from studies.fleet.connection import absolute_sqlite, check_storage_url
+from studies.fleet.queue import GRACE_BEATS
 from studies.fleet.runner import WorkerSlot, run_study
 from studies.fleet.storage import SAMPLERS
 from studies.fleet.worker import cpu_threads
@@ -120,7 +121,7 @@ def build_parser(prog: str, description: str, varied: frozenset[str]) -> argpars
         "--heartbeat",
         type=int,
         default=DEFAULT_HEARTBEAT_S,
-        help="seconds between a trial's heartbeats; a trial silent for twice "
+        help=f"seconds between a trial's heartbeats; a trial silent for {GRACE_BEATS} times "
         "this is retried from its checkpoint",
     )
     study.add_argument(

@@ -23,7 +23,7 @@ GRID, SEARCH = "grid", "search"
 # computes. They are also left out of the default study name.
 RERUN_MAY_CHANGE = frozenset({"device", "precision", "compile", "channels_last", "preset"})
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-DEFAULT_HEARTBEAT_S = 30  # a trial whose worker is silent for 2x this is retried
+DEFAULT_HEARTBEAT_S = 30  # between a trial's beats; when one is stale: fleet.queue.stale_after_s
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from studies.fleet.optuna_private import pop_waiting_trial_id, storage_of
 from studies.fleet.storage import load_study, prepare_study
 from tests.test_studies import TINY, child_runs, run_worker_here, tiny_spec, trials, worker_pids
 
-BEAT_S = 1  # the tests' heartbeat: a trial is stale after GRACE_BEATS of them
-GRACE_S = queue_module.GRACE_BEATS * BEAT_S
+BEAT_S = 1  # the tests' heartbeat
+GRACE_S = queue_module.stale_after_s(BEAT_S)
 
 
 def beating_spec(folder, name, gammas, **kwargs):

@@ -41,6 +41,12 @@ from studies.spec import StudySpec
 GRACE_BEATS = 3
 
 
+def stale_after_s(heartbeat_s: float) -> float:
+    """How long a RUNNING trial may go without a heartbeat before it is failed as stale
+    (its worker died) and queued to continue."""
+    return GRACE_BEATS * heartbeat_s
+
+
 def is_retry(trial: FrozenTrial) -> bool:
     """A queued copy of an earlier trial (its worker died, or Ctrl-C stopped it)."""
     return FAILED_TRIAL_ATTR in trial.system_attrs
@@ -80,7 +86,7 @@ def fail_stale_trials(study: optuna.Study, spec: StudySpec) -> list[int]:
     """Fail the RUNNING trials no worker runs any more, each queued first to continue
     (a crash: it counts against `spec.max_retries`). Returns their storage ids."""
     storage = storage_of(study)
-    grace_s = GRACE_BEATS * heartbeat_of(study, spec)
+    grace_s = stale_after_s(heartbeat_of(study, spec))
     failed = []
     with claim_lock(spec):
         for trial_id in stale_trial_ids(study, grace_s):
