@@ -13,8 +13,9 @@ from began.data import BatchSampler
 from began.tracking.memory_tracker import MemoryTracker
 from began.training.interrupts import StopFlag
 from began.training.learner import build_learner
-from began.training.loop import open_run, run_runs, step_once, train
+from began.training.loop import open_run, step_once, train
 from began.training.pack import pack_key, step_pack
+from studies.fleet.scheduler import train_runs
 from tests.test_train import TINY, tiny
 
 BASE = TrainConfig(image_size=16, filters=4, hidden=8, repeat=1, batch_size=4, device="cpu",
@@ -104,7 +105,7 @@ def test_the_loop_over_a_pack_leaves_each_run_the_record_of_a_run_alone(tmp_path
     flag = StopFlag()
     runs = open_all(tmp_path, cfgs, flag)
     ended = {}
-    run_runs(runs, flag, lambda run, outcome: ended.setdefault(run.tracker.run_id, outcome))
+    train_runs(runs, flag, lambda run, outcome: ended.setdefault(run.tracker.run_id, outcome))
     for run, (result, tracker) in zip(runs, alone, strict=True):
         packed = ended[run.tracker.run_id]
         assert packed.step == result.step and packed.status == result.status
@@ -138,7 +139,7 @@ def test_a_pack_refills_its_slot_and_a_packed_run_resumes_alone(tmp_path):
         if run.learner.cfg.seed == second.seed:
             flag.request("SIGTERM")  # preempted: every run still in the pack checkpoints
 
-    run_runs(runs, flag, on_end, more)
+    train_runs(runs, flag, on_end, more)
     late = [run for run, _ in ended.values() if run.learner.cfg.seed == third.seed]
     assert late, "the freed slot was not refilled"
     [late_run] = late
@@ -158,11 +159,11 @@ def test_a_pack_refills_its_slot_and_a_packed_run_resumes_alone(tmp_path):
 
 
 def test_a_pack_of_one_is_the_single_run(tmp_path):
-    # No vmap for one run: the same numbers, bit for bit, as train() (which is this loop).
+    # No vmap for one run: the same numbers, bit for bit, as train() (the same step_once).
     flag = StopFlag()
     [run] = open_all(tmp_path, [tiny()], flag)
     ended = []
-    run_runs([run], flag, lambda r, outcome: ended.append(outcome))
+    train_runs([run], flag, lambda r, outcome: ended.append(outcome))
     tracker = MemoryTracker(tmp_path / "alone")
     train(tiny(), tracker)
     assert run.tracker.history("m_global") == tracker.history("m_global")

@@ -152,6 +152,29 @@ def test_interrupt_checkpoints_marks_killed_and_resumes_exactly(tmp_path, signum
     assert_same_state(straight.latest_checkpoint(), tracker.latest_checkpoint())
 
 
+class InterruptedTwice(InterruptingTracker):
+    """A second Ctrl-C while the run writes the checkpoint of its stop."""
+
+    def checkpoint_saved(self, path):
+        super().checkpoint_saved(path)
+        if self.at_step == -1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def log_metrics(self, metrics, step):
+        super().log_metrics(metrics, step)
+        if step == self.at_step:
+            self.at_step = -1  # the first Ctrl-C came
+
+
+def test_a_second_ctrl_c_while_stopping_marks_the_run_killed_and_is_raised(tmp_path):
+    tracker = InterruptedTwice(tmp_path, at_step=2)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        train(TINY, tracker)
+    assert not isinstance(raised.value, TrainingInterrupted)
+    assert tracker.status == KILLED and "interrupted twice" in tracker.error
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
 def test_exception_marks_the_run_failed_with_the_error(tmp_path, monkeypatch):
     real_step = train_module.train_step
 

@@ -1,20 +1,24 @@
-"""The BEGAN training loop: `train(cfg, tracker, should_stop)`, and the same loop over
-several runs at once (`run_runs`), which a study's worker uses to train packed trials.
+"""The BEGAN training loop of one run: `train(cfg, tracker, should_stop)`.
 
-A run is opened once (`open_run`: the tracker's run, the data, the `Learner` with its
-networks, optimizers and state, resumed from the run's checkpoint when there is one, and
-its `RunRecorder`), then the loop alternates the math (`began.core.step.train_step`, one run
-at a time or a pack of runs of one architecture as one model: `began.training.pack`) with each
-run's recorder (logs, grids, evaluations and should_stop, checkpoints). A run that ends,
-however it ends, leaves the loop alone: the others go on, and new ones may join.
-Ctrl-C, SIGTERM and SIGHUP stop every run between steps, each with a checkpoint.
+    open the run -> until it is complete: stop if asked, one step, its record -> the end
+
+`open_run` is everything before the first step: the tracker's run, the data, the
+`Learner` (networks, optimizers, state) resumed from the run's checkpoint when there is
+one, and its `RunRecorder`. Then the loop alternates the math (`step_once`:
+`began.core.step.train_step` on the run's next batch) with the recorder (logs, grids,
+evaluations and should_stop, checkpoints) until the run reaches cfg.steps or should_stop
+ends it; `RunRecorder.finish` writes the final record. Ctrl-C, SIGTERM and SIGHUP stop
+the run between steps, with a checkpoint; `end_run` records how a run ended, however it
+ended.
+
+A study's worker trains several runs at once (one model where they share a shape,
+`began.training.pack`) from the same pieces: `open_run`, `step_once`, `end_run`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +32,6 @@ from began.data import BatchSampler, ImageSet, load_images, split_holdout
 from began.tracking import FAILED, FINISHED, KILLED, RUNNING, Tracker
 from began.training.interrupts import RunAbandoned, StopFlag, deferred_interrupts
 from began.training.learner import Learner, build_learner, resolve_device, restore
-from began.training.pack import pack_key, step_pack
 from began.training.provenance import run_tags
 from began.training.recorder import (
     STOPPED,
@@ -51,13 +54,13 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "end_run",
     "open_run",
-    "run_runs",
     "step_once",
     "train",
 ]
 
-Outcome = TrainResult | BaseException  # how a run left the loop
+INTERRUPTED_TWICE = "interrupted twice: stopped without a checkpoint"
 
 
 def train(
@@ -80,19 +83,26 @@ def train(
 
     `should_stop` may keep state across a kill: with `state_dict`/`load_state_dict`, its
     state rides in the checkpoint. `stop_flag` lets another thread stop the run
-    (`StopFlag.abandon`); Ctrl-C, SIGTERM and SIGHUP set it too.
+    (`StopFlag.abandon`); Ctrl-C, SIGTERM and SIGHUP set it too. A second Ctrl-C stops
+    at once, without a checkpoint. Any other error marks the run FAILED and is raised.
     """
     with deferred_interrupts(stop_flag) as flag:
         run = open_run(cfg, tracker, should_stop, quiet=quiet, cache_dir=cache_dir,
                        log_models_when_stopped=log_models_when_stopped, stop_flag=flag)  # fmt: skip
         if isinstance(run, TrainResult):
-            return run
-        outcomes: list[Outcome] = []
-        run_runs([run], flag, lambda _, outcome: outcomes.append(outcome))
-    [outcome] = outcomes
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
+            return run  # complete and FINISHED already
+        try:
+            while not run.recorder.complete:
+                if flag:  # checkpoint and raise TrainingInterrupted; abandoned: RunAbandoned
+                    run.recorder.interrupt(flag)
+                metrics, lr = step_once(run.learner, run.sampler)
+                run.recorder.after_step(metrics, lr)
+            result = run.recorder.finish()
+        except BaseException as error:
+            end_run(run, error)
+            raise
+        end_run(run)
+        return result
 
 
 @dataclass
@@ -104,7 +114,6 @@ class OpenRun:
     sampler: BatchSampler
     recorder: RunRecorder
     flag: StopFlag
-    key: tuple = ()  # began.training.pack.pack_key: runs with equal keys step as one model
 
     @property
     def tracker(self) -> Tracker:
@@ -167,7 +176,7 @@ def open_run(
         )  # fmt: skip
     except BaseException as error:
         if not isinstance(error, RunAbandoned) and _still_running(tracker):
-            _finish_quietly(tracker, FAILED, f"{type(error).__name__}: {error}")
+            _mark_failed(tracker, error)
         raise
     try:
         if checkpoint is not None:
@@ -183,110 +192,12 @@ def open_run(
         recorder.close()
         quiet_stop = isinstance(error, RunAbandoned | TrainingInterrupted)
         if not quiet_stop and _still_running(tracker):
-            _finish_quietly(tracker, FAILED, f"{type(error).__name__}: {error}")
+            _mark_failed(tracker, error)
         raise
     if not quiet:
         tqdm.write(f"run {tracker.run_id}: {dataset.kept} images, device {device}")
     sampler = BatchSampler(train_images, cfg.batch_size, cfg.seed)
-    return OpenRun(learner, sampler, recorder, stop_flag or StopFlag(), pack_key(cfg))
-
-
-def run_runs(
-    runs: Sequence[OpenRun],
-    stop_flag: StopFlag,
-    on_end: Callable[[OpenRun, Outcome], None],
-    more: Callable[[int], list[OpenRun]] | None = None,
-) -> None:
-    """Train `runs` until each has ended, handing each run's outcome to `on_end` as it
-    ends: its TrainResult, or the exception that ended it (the run then marked FAILED;
-    TrainingInterrupted: checkpointed and KILLED; RunAbandoned: untouched). Runs of one
-    architecture step together as one model. After each step `more(n running)` may add
-    runs (a study's worker refilling its pack).
-
-    A stop signal (`stop_flag.requested`) ends every run with a checkpoint; a second
-    Ctrl-C ends them at once (KILLED) and is raised.
-    """
-    active = list(runs)
-
-    def end(run: OpenRun, outcome: Outcome) -> None:
-        active.remove(run)
-        if isinstance(outcome, BaseException) and not isinstance(
-            outcome, TrainingInterrupted | RunAbandoned
-        ):
-            _finish_quietly(run.tracker, FAILED, f"{type(outcome).__name__}: {outcome}")
-        run.recorder.close()
-        on_end(run, outcome)
-
-    try:
-        while active:
-            for run in list(active):
-                if run.flag.abandoned_because:
-                    end(run, RunAbandoned(run.flag.abandoned_because))
-                elif stop_flag.requested or run.flag.requested:
-                    end(run, _interrupted(run, stop_flag))
-                elif run.recorder.complete:  # resumed after a kill in its final record
-                    end(run, _finished(run))
-            for group in _packs(active):
-                _step(group, end)
-            if more is not None and not stop_flag:
-                active += more(len(active))
-    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoints, every run KILLED
-        for run in list(active):
-            _finish_quietly(run.tracker, KILLED, "interrupted twice: stopped without a checkpoint")
-            run.recorder.close()
-        raise
-
-
-def _finished(run: OpenRun) -> Outcome:
-    try:
-        return run.recorder.finish()
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as error:
-        return error
-
-
-def _interrupted(run: OpenRun, stop_flag: StopFlag) -> BaseException:
-    try:
-        run.recorder.interrupt(stop_flag if stop_flag.requested else run.flag)
-    except BaseException as stopped:  # TrainingInterrupted, or why the checkpoint failed
-        return stopped
-    raise AssertionError("RunRecorder.interrupt returned")
-
-
-def _packs(runs: list[OpenRun]) -> list[list[OpenRun]]:
-    """The runs grouped by architecture: each group steps as one model."""
-    if len(runs) == 1:
-        return [runs]
-    groups: dict[tuple, list[OpenRun]] = defaultdict(list)
-    for run in runs:
-        groups[run.key].append(run)
-    return list(groups.values())
-
-
-def _step(group: list[OpenRun], end: Callable[[OpenRun, Outcome], None]) -> None:
-    """One step of every run of a group, then each run's record of it."""
-    try:
-        if len(group) == 1:
-            results = [step_once(group[0].learner, group[0].sampler)]
-        else:
-            results = step_pack([r.learner for r in group], [r.sampler for r in group])
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as error:  # the fused step failed (out of memory): every run of it
-        for run in group:
-            end(run, error)
-        return
-    for run, (metrics, lr) in zip(group, results, strict=True):
-        try:
-            run.recorder.after_step(metrics, lr)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as error:
-            end(run, error)
-            continue
-        if run.recorder.complete:
-            end(run, _finished(run))
+    return OpenRun(learner, sampler, recorder, stop_flag or StopFlag())
 
 
 def step_once(learner: Learner, sampler: BatchSampler) -> tuple[dict[str, torch.Tensor], float]:
@@ -304,6 +215,20 @@ def step_once(learner: Learner, sampler: BatchSampler) -> tuple[dict[str, torch.
     if learner.schedule.observe(metrics["m_global"]):
         learner.schedule.apply(learner.opt_G, learner.opt_D)
     return metrics, lr
+
+
+def end_run(run: OpenRun, error: BaseException | None = None) -> None:
+    """Close a run that left the loop, marked as it ended when `error` ended it: a stop is
+    recorded already (TrainingInterrupted: checkpointed and KILLED by the recorder;
+    RunAbandoned: the run is another worker's now, nothing may touch it), a second Ctrl-C
+    while stopping marks it KILLED without a checkpoint, any other error marks it FAILED."""
+    if error is None or isinstance(error, TrainingInterrupted | RunAbandoned):
+        pass  # it finished, or it stopped and the recorder said so
+    elif isinstance(error, KeyboardInterrupt):
+        _finish_quietly(run.tracker, KILLED, INTERRUPTED_TWICE)
+    else:
+        _mark_failed(run.tracker, error)
+    run.recorder.close()
 
 
 def _checkpoint_to_resume(tracker: Tracker, dataset: ImageSet) -> Checkpoint | None:
@@ -325,6 +250,10 @@ def _still_running(tracker: Tracker) -> bool:
         return tracker.status in (None, RUNNING)
     except Exception:  # the store is away: try to mark it anyway
         return True
+
+
+def _mark_failed(tracker: Tracker, error: BaseException) -> None:
+    _finish_quietly(tracker, FAILED, f"{type(error).__name__}: {error}")
 
 
 def _finish_quietly(tracker: Tracker, status: str, error: str) -> None:

@@ -35,7 +35,7 @@ from began.errors import first_line, one_line
 from began.retry import RETRY_WAITS_S
 from began.tracking import FAILED, MlflowTracker
 from began.training.interrupts import RunAbandoned, StopFlag, deferred_interrupts
-from began.training.loop import DataCache, OpenRun, TrainingInterrupted, TrainResult, run_runs
+from began.training.loop import DataCache, OpenRun, TrainingInterrupted, TrainResult
 from studies.fleet.optuna_private import storage_of, trial_id_of
 from studies.fleet.queue import (
     Heartbeats,
@@ -46,6 +46,7 @@ from studies.fleet.queue import (
     is_retry,
     new_trial,
 )
+from studies.fleet.scheduler import train_runs
 from studies.fleet.storage import load_study
 from studies.pruning import retrying_unless_finished
 from studies.records import record_trial_end
@@ -131,7 +132,7 @@ class Worker:
             while not self.stop and not self.nothing_left:
                 runs = self.take(0)
                 if runs:
-                    run_runs(runs, self.stop, self.on_end, more=self.take)
+                    train_runs(runs, self.stop, self.on_end, more=self.take)
                 elif not self.nothing_left:
                     time.sleep(min(IDLE_POLL_S, self.heartbeat_s / 2))
         finally:

@@ -1,0 +1,130 @@
+"""Several runs trained at once, as they come and go: `train_runs`, the loop of a study's
+worker (`studies.fleet.worker`), which trains up to --pack trials and refills a slot as
+soon as a trial ends.
+
+Each run is opened and ended exactly as a single run is (`began.training.loop`:
+`open_run`, `end_run`) and keeps its own `RunRecorder`; what differs is the step. Runs of
+one architecture (`began.training.pack.pack_key`) step together as one model
+(`began.training.pack.step_pack`); a run alone in its group takes the single run's own
+step (`began.training.loop.step_once`). A run that ends, however it ends, leaves the loop
+alone: the others go on, and new ones may join. Ctrl-C, SIGTERM and SIGHUP stop every run
+between steps, each with a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from began.training.interrupts import RunAbandoned, StopFlag
+from began.training.loop import OpenRun, TrainingInterrupted, TrainResult, end_run, step_once
+from began.training.pack import pack_key, step_pack
+
+Outcome = TrainResult | BaseException  # how a run left the loop
+
+
+def train_runs(
+    runs: Sequence[OpenRun],
+    stop_flag: StopFlag,
+    on_end: Callable[[OpenRun, Outcome], None],
+    more: Callable[[int], list[OpenRun]] | None = None,
+) -> None:
+    """Train `runs` until each has ended, handing each run's outcome to `on_end` as it
+    ends: its TrainResult, or the exception that ended it (the run then marked FAILED;
+    TrainingInterrupted: checkpointed and KILLED; RunAbandoned: untouched). Runs of one
+    architecture step together as one model. After each step `more(n running)` may add
+    runs (a study's worker refilling its pack).
+
+    A stop signal (`stop_flag.requested`) ends every run with a checkpoint; a second
+    Ctrl-C ends them at once (KILLED) and is raised.
+    """
+    active: list[OpenRun] = []
+    keys: dict[int, tuple] = {}  # id(run) -> its pack_key, worked out once per run
+
+    def join(new: Sequence[OpenRun]) -> None:
+        for run in new:
+            active.append(run)
+            keys[id(run)] = pack_key(run.learner.cfg)
+
+    def end(run: OpenRun, outcome: Outcome) -> None:
+        active.remove(run)
+        del keys[id(run)]
+        end_run(run, outcome if isinstance(outcome, BaseException) else None)
+        on_end(run, outcome)
+
+    join(runs)
+    try:
+        while active:
+            for run in list(active):
+                if run.flag.abandoned_because:
+                    end(run, RunAbandoned(run.flag.abandoned_because))
+                elif stop_flag.requested or run.flag.requested:
+                    end(run, _interrupted(run, stop_flag))
+                elif run.recorder.complete:  # resumed after a kill in its final record
+                    end(run, _finished(run))
+            for group in _packs(active, keys):
+                _step(group, end)
+            if more is not None and not stop_flag:
+                join(more(len(active)))
+    except KeyboardInterrupt as second:  # a second Ctrl-C: no checkpoints, every run KILLED
+        for run in list(active):
+            end_run(run, second)
+        raise
+
+
+def _packs(runs: list[OpenRun], keys: dict[int, tuple]) -> list[list[OpenRun]]:
+    """The runs grouped by architecture: each group steps as one model."""
+    if len(runs) == 1:
+        return [runs]
+    groups: dict[tuple, list[OpenRun]] = defaultdict(list)
+    for run in runs:
+        groups[keys[id(run)]].append(run)
+    return list(groups.values())
+
+
+def _step(group: list[OpenRun], end: Callable[[OpenRun, Outcome], None]) -> None:
+    """One step of every run of a group, then each run's record of it."""
+    try:
+        if len(group) == 1:
+            results = [step_once(group[0].learner, group[0].sampler)]
+        else:
+            results = step_pack([r.learner for r in group], [r.sampler for r in group])
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # the fused step failed (out of memory): every run of it
+        for run in group:
+            end(run, error)
+        return
+    for run, (metrics, lr) in zip(group, results, strict=True):
+        try:
+            run.recorder.after_step(metrics, lr)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:
+            end(run, error)
+            continue
+        if run.recorder.complete:
+            end(run, _finished(run))
+
+
+def _finished(run: OpenRun) -> Outcome:
+    """The run's final record, or why it failed."""
+    try:
+        return run.recorder.finish()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:
+        return error
+
+
+def _interrupted(run: OpenRun, stop_flag: StopFlag) -> BaseException:
+    """The run stopped (checkpointed and KILLED, or abandoned), or why its checkpoint failed."""
+    try:
+        run.recorder.interrupt(stop_flag if stop_flag.requested else run.flag)
+    except (TrainingInterrupted, RunAbandoned) as stopped:
+        return stopped
+    except KeyboardInterrupt:  # a second Ctrl-C while checkpointing: every run KILLED
+        raise
+    except BaseException as error:
+        return error
+    raise AssertionError("RunRecorder.interrupt returned")
