@@ -15,7 +15,6 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -141,11 +140,3 @@ def fetch_image(
         if fetched != local:
             os.replace(fetched, local)
     return local
-
-
-def cache_info(cache_dir: Path | None, tracking_uri: str) -> dict[str, Any]:
-    """What the history cache holds for a store (for the benchmark's printout)."""
-    folder = _store_dir(cache_dir, tracking_uri)
-    files = list(folder.glob("*.parquet"))
-    return {"folder": str(folder), "runs": len(files),
-            "bytes": sum(f.stat().st_size for f in files)}  # fmt: skip

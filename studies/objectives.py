@@ -106,7 +106,3 @@ def _resolve(name: str, requests: list[MetricRequest]) -> tuple[Objective, list[
     if not any(name in objective_names([r]) for r in requests):
         requests = [*requests, request]
     return Objective(name, name, metric_direction(name)), requests
-
-
-def describe(objectives: list[Objective]) -> str:
-    return ", ".join(f"{o.logged} ({o.direction})" for o in objectives)

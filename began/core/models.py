@@ -126,7 +126,3 @@ def sample_z(
     """z ~ U(-1, 1)^h, drawn from `generator` so that runs do not share random state."""
     u = torch.rand(batch_size, hidden, generator=generator, device=device)
     return u.mul_(2.0).sub_(1.0)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
