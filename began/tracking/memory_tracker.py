@@ -14,7 +14,13 @@ from torch import nn
 
 from began.checkpoint import CHECKPOINT_NAME
 from began.config import TrainConfig
-from began.tracking.protocol import MODELS_TAG, RESUME_COUNT_TAG, RUNNING, next_resume_count
+from began.tracking.protocol import (
+    ERROR_TAG,
+    MODELS_TAG,
+    RESUME_COUNT_TAG,
+    RUNNING,
+    next_resume_count,
+)
 from began.tracking.remote_checkpoints import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
 
 _NEW_IDS = itertools.count()
@@ -54,6 +60,7 @@ class MemoryTracker:
         self.create()
         self.tags.update({**tags, RESUME_COUNT_TAG: next_resume_count(self.tags, self.params)})
         if not self.params:
+            self.texts["config.json"] = cfg.to_json()  # as MlflowTracker logs it
             self.log_params(cfg.to_dict())
         self.starts.append(resumed)
         self._status = RUNNING
@@ -100,6 +107,10 @@ class MemoryTracker:
         self.tags.update({key: str(value) for key, value in tags.items()})
 
     def finish(self, status: str, error: str | None = None) -> None:
+        if not self.run_id:
+            return  # never created: nothing to mark (as MlflowTracker)
+        if error is not None:
+            self.tags[ERROR_TAG] = error  # the tag MlflowTracker writes
         self._status, self.error = status, error
 
     def close(self) -> None:
