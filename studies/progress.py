@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from typing import Any
 
 import optuna
@@ -86,7 +85,6 @@ class StudyProgress:
         self.spec = spec
         self.quiet = quiet or not sys.stdout.isatty()  # a log file gets lines, not a bar
         self.reported = set(already_done)
-        self.started = time.monotonic()
         self.finished_here = 0
         self.best_text: str | None = None
         self.bar = tqdm(

@@ -1,5 +1,5 @@
 """The trial queue of a study: taking a queued trial (a grid point or a retry), asking the
-sampler for a new one, queueing a stopped trial to continue, failing the trials of dead
+sampler for a new one, queueing a stopped trial to continue, retrying the trials of dead
 workers, and the heartbeats that tell the other workers a trial is alive.
 
 The rules that keep a trial from being lost, run twice or left hanging:
@@ -82,9 +82,11 @@ def new_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial:
     return trial
 
 
-def fail_stale_trials(study: optuna.Study, spec: StudySpec) -> list[int]:
-    """Fail the RUNNING trials no worker runs any more, each queued first to continue
-    (a crash: it counts against `spec.max_retries`). Returns their storage ids."""
+def retry_stale_trials(study: optuna.Study, spec: StudySpec) -> list[int]:
+    """Queue a retry of each RUNNING trial no worker runs any more (a crash: it counts
+    against `spec.max_retries`), then fail the trial. Returns the failed trials' storage
+    ids. Optuna's `fail_stale_trials` only fails them: the retry continuing the trial's
+    run from its checkpoint is this project's."""
     storage = storage_of(study)
     grace_s = stale_after_s(heartbeat_of(study, spec))
     failed = []

@@ -119,7 +119,7 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool) -> int:
     Nothing is created before every input has been checked: the data loads (and its
     feature statistics are computed) before the study or its MLflow run exist.
     """
-    started = time.monotonic()
+    start_time = time.monotonic()
     # The study prints where to look at the end; MLflow's own "View run at" lines, printed
     # by every worker for every run on an http tracking server, would bury the display.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -172,7 +172,7 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool) -> int:
     elif crashed and _unfinished(study):
         status = "FAILED"
     retrying(lambda: close_parent_run(spec, study, parent, status))
-    print(summary(spec, study, time.monotonic() - started), flush=True)
+    print(summary(spec, study, time.monotonic() - start_time), flush=True)
     if interrupted:
         print(f"stopped; run the same command again to continue study {spec.study_name}")
         return INTERRUPTED_EXIT

@@ -3,8 +3,8 @@
 Workers are processes, never threads: each has its own torch, its own device and
 its own signal handling. A worker trains up to --pack trials at once (one model where
 they share a shape: `began.training.pack`), and
-- first fails stale trials (their worker died: the heartbeat stopped), which queues
-  their retries;
+- first retries stale trials (their worker died: the heartbeat stopped): each is
+  queued to continue, then failed;
 - takes a queued trial (grid point or retry) if there is one; in a search, asks the
   sampler for a new one while fewer than --n-trials exist;
 - otherwise waits while other trials still run (one may die and need a retry), and
@@ -41,10 +41,10 @@ from studies.fleet.queue import (
     Heartbeats,
     claim_queued_trial,
     continue_later,
-    fail_stale_trials,
     heartbeat_of,
     is_retry,
     new_trial,
+    retry_stale_trials,
 )
 from studies.fleet.scheduler import train_runs
 from studies.fleet.storage import load_study
@@ -121,7 +121,7 @@ class Worker:
         self.beats = Heartbeats(study, self.heartbeat_s)
         self.data = DataCache()  # the trials of a pack share one copy of the images
         self.held: dict[int, StartedTrial] = {}  # id(OpenRun) -> its trial
-        self.started = time.monotonic()
+        self.start_time = time.monotonic()  # a search's --timeout counts from here
         self.next_look = 0.0  # when a busy worker next asks the storage for a trial
         self.nothing_left = False
         self.interrupted = False
@@ -151,14 +151,14 @@ class Worker:
                 self.nothing_left = trial is None and not running and not opened
                 self.next_look = time.monotonic() + IDLE_POLL_S
                 break
-            started = self.start(trial)
-            if started is not None:
-                opened.append(started)
+            run = self.start(trial)
+            if run is not None:
+                opened.append(run)
         return opened
 
     def next(self) -> optuna.Trial | object | None:
         try:
-            trial = next_trial(self.study, self.spec, self.started)
+            trial = next_trial(self.study, self.spec, self.start_time)
         except Exception:
             # Never retried at once: a claim that committed before the error is RUNNING
             # without its worker now (it is retried as stale after the grace), and a
@@ -246,21 +246,21 @@ def _taken_over(trial: optuna.Trial) -> None:
           file=sys.stderr, flush=True)  # fmt: skip
 
 
-def next_trial(study: optuna.Study, spec: StudySpec, started: float) -> optuna.Trial | object:
-    fail_stale_trials(study, spec)  # a dead worker's trial becomes a queued retry
+def next_trial(study: optuna.Study, spec: StudySpec, start_time: float) -> optuna.Trial | object:
+    retry_stale_trials(study, spec)  # a dead worker's trial becomes a queued retry
     trial = claim_queued_trial(study, spec)
     if trial is not None:
         return trial
     trials = study.get_trials(deepcopy=False)
-    if spec.kind == SEARCH and _may_start_new(spec, trials, started):
+    if spec.kind == SEARCH and _may_start_new(spec, trials, start_time):
         return new_trial(study, spec)
     if any(t.state == TrialState.RUNNING for t in trials):
         return WAIT
     return None
 
 
-def _may_start_new(spec: StudySpec, trials: list[FrozenTrial], started: float) -> bool:
-    if spec.timeout_s is not None and time.monotonic() - started > spec.timeout_s:
+def _may_start_new(spec: StudySpec, trials: list[FrozenTrial], start_time: float) -> bool:
+    if spec.timeout_s is not None and time.monotonic() - start_time > spec.timeout_s:
         return False
     trials_so_far = sum(1 for t in trials if not is_retry(t))  # a retry is not a new trial
     return spec.n_trials is None or trials_so_far < spec.n_trials
