@@ -1,4 +1,4 @@
-"""Optuna studies that launch full BEGAN runs (README.md, "Studies").
+"""Optuna studies that launch full BEGAN runs (docs/studies.md).
 
 Each trial is one `began.train.train(cfg, tracker, should_stop)` call with a config
 derived by `dataclasses.replace`; objectives are chosen by name from `m_global_mean`

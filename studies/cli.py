@@ -85,7 +85,7 @@ def build_parser(prog: str, description: str, varied: frozenset[str]) -> argpars
         "--pruner",
         default="none",
         choices=PRUNERS,
-        help="Optuna pruner for single-objective studies (README: which pairs make sense)",
+        help="Optuna pruner for single-objective studies (docs/studies.md: which pairs make sense)",
     )
     study.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
     study.add_argument(

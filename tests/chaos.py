@@ -8,6 +8,11 @@ then known exactly (a run is hit when the process that last started it dies). Th
 victims get SIGKILL, the rest SIGCONT. A killed parent's workers stop on their own a
 moment later: the runs they leave unfinished are the ones hit. A hang is a failure:
 every start of the sweep must end within `EPISODE_S`.
+
+Kill moments are drawn against the sweep's observed progress, not the clock: most kills
+wait for a random number of checkpoint writes of the current start (so they land in
+training, whatever the machine's speed), the rest land at a random moment of a
+restart's start-up. A sweep of a few hundred steps per trial then gets all its kills.
 """
 
 from __future__ import annotations
@@ -30,14 +35,16 @@ from began.training.provenance import PROCESS_TAG
 TINY_SWEEP = [
     "--image-size", "16", "--filters", "4", "--hidden", "8", "--repeat", "1",
     "--batch-size", "4", "--holdout", "8", "--num-grid", "8", "--log-every", "2",
-    "--metrics", "diversity_16", "--quiet", "--steps", "2000", "--eval-every", "500",
-    "--sample-every", "2000", "--checkpoint-every", "20", "--gammas", "0.3,0.5,0.7",
+    "--metrics", "diversity_16", "--quiet", "--steps", "300", "--eval-every", "150",
+    "--sample-every", "300", "--checkpoint-every", "20", "--gammas", "0.3,0.5,0.7",
     "--seeds", "2", "--workers", "2", "--heartbeat", "1",
 ]  # fmt: skip
 EPISODE_S = 300  # a start of the sweep, killed or not, ends within this: else it hangs
-SETUP_S = 8.0  # the first kill waits for the stores to exist (a kill mid-migration is
-# MLflow's and Optuna's own schema problem, not the study's)
-LATEST_KILL_S = 20.0  # a whole sweep takes a minute or more: most kills land in training
+CHECKPOINTS = "mlruns/*/*/artifacts/checkpoints/last.pt"
+MOST_WRITES = 8  # a kill in training waits for 1..8 checkpoint writes (20 steps each)
+IN_START_UP = 0.2  # the share of kills at a random moment of a restart's start-up instead
+START_UP_S = 6.0  # (imports, data, stores: a few seconds); the first start is spared, as a
+# kill mid-migration is MLflow's and Optuna's own schema problem, not the study's
 KINDS = ("group", "worker", "parent")
 
 
@@ -69,11 +76,13 @@ class Chaos:
     def next_kill(self, process: subprocess.Popen, rng: random.Random) -> bool:
         """Wait a random while, then kill something of the running sweep; False when the
         sweep ended first."""
-        delay = rng.uniform(SETUP_S if not self.kills else 1.0, LATEST_KILL_S)
         kind = rng.choice(KINDS)
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline and group_pids(process.pid):
-            time.sleep(0.05)
+        if self.kills and rng.random() < IN_START_UP:
+            deadline = time.monotonic() + rng.uniform(0.5, START_UP_S)
+            while time.monotonic() < deadline and group_pids(process.pid):
+                time.sleep(0.05)
+        else:
+            self.wait_for_writes(process, rng.randint(1, MOST_WRITES))
         if not group_pids(process.pid):
             process.wait()
             return False
@@ -88,6 +97,23 @@ class Chaos:
         for run_id, _ in hit:
             self.hits[run_id] += 1
         return True
+
+    def wait_for_writes(self, process: subprocess.Popen, writes: int) -> None:
+        """Until this start of the sweep has written `writes` checkpoints (or has ended)."""
+        seen = self.checkpoint_times()
+        written = 0
+        while written < writes and group_pids(process.pid):
+            time.sleep(0.02)  # a worker writes one every 20 steps: a few tenths of a second
+            now = self.checkpoint_times()
+            written += sum(1 for path, mtime in now.items() if seen.get(path) != mtime)
+            seen = now
+
+    def checkpoint_times(self) -> dict[Path, int]:
+        times = {}
+        for path in self.folder.glob(CHECKPOINTS):
+            with contextlib.suppress(OSError):  # replaced while we look
+                times[path] = path.stat().st_mtime_ns
+        return times
 
     def kill(
         self, process: subprocess.Popen, kind: str, rng: random.Random

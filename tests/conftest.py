@@ -1,4 +1,7 @@
+import shutil
+import sqlite3
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,3 +31,26 @@ def tiny_network(tmp_path):
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script/save are deprecated
         torch.jit.save(torch.jit.script(module), str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with MLflow's whole migration chain applied (1.5 s a store),
+    made once a session, and its experiments removed: a store opened on a copy makes its
+    Default experiment afresh, with artifacts under the copy's folder, not this one."""
+    import mlflow  # only a session that asks for a store pays for the import
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM experiment_tags")
+        db.execute("DELETE FROM experiments")
+    return path
+
+
+@pytest.fixture
+def mlflow_db(tmp_path, migrated_mlflow_db) -> str:
+    """An empty, migrated tmp_path/mlflow.db (MLflow's default store when a test runs in
+    tmp_path); returns its URI."""
+    shutil.copyfile(migrated_mlflow_db, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"

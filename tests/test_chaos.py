@@ -90,7 +90,7 @@ def test_a_packed_sweep_killed_at_random_ends_complete_once(tmp_path, unbroken, 
     """Two trials per worker, trained as one model: a kill ends every trial of a pack, and
     a retry may train alone or beside another. A packed step differs from a lone one in
     float rounding only (within 1e-5 over 100 steps, tests/test_pack.py), but a GAN
-    amplifies rounding over 2,000 steps: seen 0.3% apart on diversity_gap, hence 2%."""
+    amplifies rounding over a run: seen 0.3% apart on diversity_gap after 2,000 steps, hence 2%."""
     started = time.monotonic()
     run = chaos(tmp_path, f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db",
                 seed, KILLS, pack=2)  # fmt: skip

@@ -328,10 +328,10 @@ def test_values_that_are_not_numbers_a_run_can_use_are_refused(field, value, mes
 def test_a_network_too_large_for_memory_is_one_line_and_the_run_failed(tmp_path):
     tracker = MemoryTracker(tmp_path)
     with pytest.raises(Exception) as error:
-        train(tiny(filters=2_000_000, hidden=8), tracker)
+        train(tiny(filters=1_000_000_000, hidden=8), tracker)
     assert str(error.value).startswith("filters, hidden, num_grid: ")
     assert tracker.status == FAILED
-    command = [sys.executable, "-m", "began.train", "--filters", "2000000", "--steps", "2",
+    command = [sys.executable, "-m", "began.train", "--filters", "1000000000", "--steps", "2",
                "--quiet", "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -341,5 +341,5 @@ def test_a_network_too_large_for_memory_is_one_line_and_the_run_failed(tmp_path)
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
+def _in_tmp(tmp_path, monkeypatch, mlflow_db):
     monkeypatch.chdir(tmp_path)  # began.train's default store lands here

@@ -3,6 +3,7 @@ under tmp_path: exactly-once grids, nested runs, reruns, kill -9, failures, prun
 concurrent start-up and a search."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,11 @@ TINY = [
 SHORT = ["--steps", "8", "--eval-every", "4", "--sample-every", "8", "--checkpoint-every", "4"]
 
 
+@pytest.fixture(autouse=True)
+def _migrated_store(mlflow_db):
+    """Each test's tmp_path/mlflow.db starts migrated (tests/conftest.py)."""
+
+
 def trials(folder, name):
     storage = f"sqlite:///{folder}/optuna.db"
     return optuna.load_study(study_name=name, storage=storage).get_trials()
@@ -56,8 +62,9 @@ def in_folder(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_grid_with_two_workers_runs_each_point_once_and_a_rerun_skips_them(in_folder, capsys):
-    args = [*TINY, *SHORT, "--gammas", "0.4,0.7", "--seeds", "2", "--workers", "2",
+def test_grid_with_four_workers_runs_each_point_once_and_a_rerun_skips_them(in_folder, capsys):
+    # Four workers start at once on a fresh storage, and each point still runs once.
+    args = [*TINY, *SHORT, "--gammas", "0.4,0.7", "--seeds", "2", "--workers", "4",
             "--study-name", "grid"]  # fmt: skip
     assert gamma_sweep.main(args) == 0
     done = trials(in_folder, "grid")
@@ -92,17 +99,10 @@ def test_grid_with_two_workers_runs_each_point_once_and_a_rerun_skips_them(in_fo
     assert len(trials(in_folder, "grid")) == 4
     assert len(child_runs(in_folder, "grid")[2]) == 4
     # A wider grid continues the same study with the new points only.
-    assert gamma_sweep.main([*args[:-4], "--gammas", "0.4,0.7,0.9", *args[-4:]]) == 0
+    wider = [*args[:-8], "--gammas", "0.4,0.7,0.9", "--seeds", "2", "--workers", "1", *args[-2:]]
+    assert gamma_sweep.main(wider) == 0
     assert sorted(t.params["gamma"] for t in trials(in_folder, "grid")) == [0.4, 0.4, 0.7, 0.7,
                                                                           0.9, 0.9]  # fmt: skip
-
-
-def test_four_workers_on_fresh_storage_all_start(in_folder):
-    args = [*TINY, *SHORT, "--gammas", "0.3,0.5,0.7,0.9", "--workers", "4", "--study-name", "f"]
-    assert gamma_sweep.main(args) == 0
-    done = trials(in_folder, "f")
-    assert sorted(t.params["gamma"] for t in done) == [0.3, 0.5, 0.7, 0.9]
-    assert all(t.state == TrialState.COMPLETE for t in done)
 
 
 def test_search_params_land_in_optuna_and_mlflow(in_folder, tiny_network):
@@ -228,8 +228,8 @@ def worker_pids(parent_pid):
 
 
 def test_a_killed_worker_s_trial_finishes_from_its_checkpoint(tmp_path):
-    args = [sys.executable, "-m", "studies.gamma_sweep", *TINY, "--steps", "400",
-            "--eval-every", "200", "--sample-every", "400", "--checkpoint-every", "20",
+    args = [sys.executable, "-m", "studies.gamma_sweep", *TINY, "--steps", "200",
+            "--eval-every", "100", "--sample-every", "200", "--checkpoint-every", "20",
             "--gammas", "0.5", "--workers", "1", "--study-name", "kill",
             "--heartbeat", "1"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -248,7 +248,7 @@ def test_a_killed_worker_s_trial_finishes_from_its_checkpoint(tmp_path):
     output = parent.communicate(timeout=60)[0]
     assert parent.returncode == 1, output  # the study knows a worker died
     killed_at = load_checkpoint(checkpoint).step
-    assert 0 < killed_at < 400
+    assert 0 < killed_at < 200
     [first] = trials(tmp_path, "kill")
     assert first.state == TrialState.RUNNING  # its worker died without telling anyone
     # Run the same command again: the stale trial is retried and continues its run.
@@ -262,7 +262,7 @@ def test_a_killed_worker_s_trial_finishes_from_its_checkpoint(tmp_path):
     _, [parent_run], [run] = child_runs(tmp_path, "kill")  # one MLflow run for the trial
     assert run.info.status == "FINISHED" and run.data.tags["resume_count"] == "1"
     assert run.data.tags["trial_number"] == str(retry.number)
-    assert load_checkpoint(checkpoint).step == 400
+    assert load_checkpoint(checkpoint).step == 200
     assert parent_run.info.status == "FINISHED"
 
 
@@ -274,17 +274,18 @@ def load_checkpoint_or_none(path):
 
 
 def test_ctrl_c_checkpoints_queues_the_trial_and_a_rerun_continues_it(tmp_path):
-    args = [sys.executable, "-m", "studies.gamma_sweep", *TINY, "--steps", "3000",
-            "--eval-every", "1500", "--sample-every", "3000", "--checkpoint-every", "1000",
+    # No periodic checkpoint before the end (--checkpoint-every > --steps): a checkpoint
+    # short of 300 steps can only be the one written at the stop.
+    args = [sys.executable, "-m", "studies.gamma_sweep", *TINY, "--steps", "300",
+            "--eval-every", "150", "--sample-every", "25", "--checkpoint-every", "1000",
             "--gammas", "0.5", "--workers", "1", "--study-name", "stop"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     parent = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not running_with_run_id(tmp_path, "stop"):
-        time.sleep(0.2)
-    time.sleep(2.0)  # into training
+    while time.monotonic() < deadline and not list(tmp_path.glob(SAMPLE_GRIDS)):
+        time.sleep(0.05)  # until the first sample grid (step 25): training is under way
     os.killpg(parent.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
     output = parent.communicate(timeout=60)[0]
     assert parent.returncode == 130, output
@@ -296,14 +297,18 @@ def test_ctrl_c_checkpoints_queues_the_trial_and_a_rerun_continues_it(tmp_path):
     assert run.info.status == "KILLED" and parent_run.info.status == "KILLED"
     [checkpoint] = tmp_path.glob("mlruns/*/*/artifacts/checkpoints/last.pt")
     stopped_at = load_checkpoint(checkpoint).step
-    assert 0 < stopped_at < 3000 and stopped_at % 1000 != 0  # written at the stop
+    assert 25 <= stopped_at < 300  # written at the stop
     rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=300)  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert [t.state for t in trials(tmp_path, "stop")] == [TrialState.FAIL, TrialState.COMPLETE]
     _, [parent_run], [run] = child_runs(tmp_path, "stop")
     assert run.info.status == "FINISHED" and run.data.tags["resume_count"] == "1"
+    assert load_checkpoint(checkpoint).step == 300
     assert parent_run.info.status == "FINISHED"
+
+
+SAMPLE_GRIDS = "mlruns/*/*/artifacts/images/*"
 
 
 def running_with_run_id(folder, name):
@@ -316,22 +321,21 @@ def running_with_run_id(folder, name):
         return False
 
 
-def test_a_packed_sweep_gives_the_trial_values_of_an_unpacked_one(tmp_path, monkeypatch):
-    args = [*TINY, "--steps", "24", "--eval-every", "12", "--sample-every", "24",
-            "--checkpoint-every", "6", "--gammas", "0.3,0.5,0.7", "--workers", "1"]  # fmt: skip
+def test_a_packed_sweep_gives_the_trial_values_of_an_unpacked_one(tmp_path, migrated_mlflow_db):
     values = {}
-    for pack in ("1", "2"):
+    for pack in (1, 2):
         folder = tmp_path / f"pack{pack}"
         folder.mkdir()
-        monkeypatch.chdir(folder)
-        assert gamma_sweep.main([*args, "--pack", pack, "--study-name", "p"]) == 0
+        shutil.copyfile(migrated_mlflow_db, folder / "mlflow.db")
+        spec = replace(tiny_spec(folder, "p", [0.3, 0.5, 0.7], steps=24), pack=pack)
+        assert run_worker_here(spec) == 0
         done = trials(folder, "p")
         assert [t.state for t in done] == [TrialState.COMPLETE] * 3
         values[pack] = {t.params["gamma"]: t.values[0] for t in done}
         client, [parent], children = child_runs(folder, "p")
-        assert parent.data.tags["pack"] == pack and len(children) == 3
+        assert parent.data.tags["pack"] == str(pack) and len(children) == 3
         for run in children:  # each packed trial is an ordinary run: its models, its grids
             assert run.info.status == "FINISHED" and run.data.tags["models_logged"] == "true"
             assert client.list_artifacts(run.info.run_id, "images")
-    for gamma, value in values["1"].items():
-        assert values["2"][gamma] == pytest.approx(value, rel=1e-3, abs=1e-4), gamma
+    for gamma, value in values[1].items():
+        assert values[2][gamma] == pytest.approx(value, rel=1e-3, abs=1e-4), gamma

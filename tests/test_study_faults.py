@@ -6,6 +6,7 @@ taken over by a retry, preemptions, a second signal, a parent killed alone."""
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -31,8 +32,22 @@ BEAT_S = 1  # the tests' heartbeat
 GRACE_S = queue_module.stale_after_s(BEAT_S)
 
 
+@pytest.fixture(autouse=True)
+def _migrated_store(mlflow_db):
+    """Each test's tmp_path/mlflow.db starts migrated (tests/conftest.py)."""
+
+
 def beating_spec(folder, name, gammas, **kwargs):
     return replace(tiny_spec(folder, name, gammas, **kwargs), heartbeat_s=BEAT_S)
+
+
+def backdate(spec, seconds: float) -> None:
+    """Move the study's claims and heartbeats `seconds` into the past: what a worker that
+    died that long ago leaves behind, without sleeping through the grace."""
+    ago = f"-{seconds} seconds"
+    with sqlite3.connect(spec.storage.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, ?)", (ago,))
+        db.execute("UPDATE trials SET datetime_start = datetime(datetime_start, ?)", (ago,))
 
 
 @contextlib.contextmanager
@@ -55,7 +70,7 @@ def test_a_trial_claimed_before_its_first_heartbeat_is_retried_after_the_grace(t
     spec = beating_spec(tmp_path, "claimed", [0.5])
     study = prepare_study(spec)
     pop_waiting_trial_id(study)  # a worker took it, then was killed before its first beat
-    time.sleep(GRACE_S + 1.0)
+    backdate(spec, GRACE_S + 1)
     taken = worker_module.next_trial(load_study(spec), spec, time.monotonic())
     assert isinstance(taken, optuna.Trial), "the worker waits for a trial nobody runs"
     first, retry = trials(tmp_path, "claimed")
@@ -88,7 +103,7 @@ def test_two_workers_failing_one_stale_trial_take_turns(tmp_path, monkeypatch):
     study = prepare_study(spec)
     trial_id = pop_waiting_trial_id(study)
     storage_of(study).record_heartbeat(trial_id)
-    time.sleep(GRACE_S + 1.0)  # its worker died
+    backdate(spec, GRACE_S + 1)  # its worker died that long ago
     workers = [load_study(spec, index) for index in range(2)]
     writes = []
     for worker_study in workers:
@@ -122,7 +137,7 @@ def test_the_grace_period_is_the_study_s_not_each_host_s(tmp_path):
     study = prepare_study(spec)  # the study beats every 2 s
     trial_id = pop_waiting_trial_id(study)
     storage_of(study).record_heartbeat(trial_id)
-    time.sleep(4.5)  # one beat lost and a little more: alive with the study's margin
+    backdate(spec, 4)  # one beat lost and a little more: alive with the study's margin
     host = replace(spec, heartbeat_s=1)  # another host started with --heartbeat 1
     prepare_study(host)
     assert worker_module.next_trial(load_study(host), host, time.monotonic()) is worker_module.WAIT
@@ -197,7 +212,7 @@ def test_preemptions_do_not_use_up_the_retries_of_a_crash(tmp_path):
         preempt(study, spec)
     trial_id = pop_waiting_trial_id(study)  # then a kill -9 mid-trial
     storage_of(study).record_heartbeat(trial_id)
-    time.sleep(GRACE_S + 1.0)
+    backdate(spec, GRACE_S + 1)
     taken = worker_module.next_trial(load_study(spec), spec, time.monotonic())
     assert isinstance(taken, optuna.Trial), "the crash was not retried: the point restarts at 0"
 
@@ -219,7 +234,7 @@ def test_a_second_signal_while_stopping_never_loses_or_doubles_the_trial(
     with pytest.raises(KeyboardInterrupt):
         preempt(study, spec)
     monkeypatch.setattr(worker_module, lands_in, real)
-    time.sleep(GRACE_S + 1.0)
+    backdate(spec, GRACE_S + 1)
     taken = worker_module.next_trial(load_study(spec), spec, time.monotonic())
     assert isinstance(taken, optuna.Trial), "the stopped trial was lost"
     waiting = [t for t in trials(tmp_path, "second") if t.state == TrialState.WAITING]
@@ -239,8 +254,8 @@ def running(pid: int) -> bool:
 
 
 def test_workers_stop_when_their_parent_is_killed_alone(tmp_path):
-    args = [sys.executable, "-m", "studies.gamma_sweep", *TINY, "--steps", "1200",
-            "--eval-every", "600", "--sample-every", "1200", "--checkpoint-every", "300",
+    args = [sys.executable, "-m", "studies.gamma_sweep", *TINY, "--steps", "200",
+            "--eval-every", "100", "--sample-every", "200", "--checkpoint-every", "20",
             "--gammas", "0.5", "--workers", "1", "--study-name", "orphan",
             "--heartbeat", str(BEAT_S)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
