@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -28,6 +29,7 @@ from tests.servers import (
     postgres_cluster,
     restart_postgres,
 )
+from tests.test_study_faults import assert_one_retry_of_a_stale_trial, beating_spec
 
 pytestmark = [
     pytest.mark.integration,
@@ -196,6 +198,12 @@ def test_training_goes_on_while_the_mlflow_server_is_away(tmp_path):
             restarter.join()
             if outage.get("back") is not None:
                 outage["back"].__exit__(None, None, None)
+
+
+def test_two_hosts_retrying_one_stale_trial_queue_one_retry(servers, tmp_path, monkeypatch):
+    """On PostgreSQL too, whose row locks do not cover "no retry queued yet, queue one"."""
+    spec = replace(beating_spec(tmp_path, "stale-pg", [0.5]), storage=servers["storage"])
+    assert_one_retry_of_a_stale_trial(spec, monkeypatch)
 
 
 def test_a_postgres_restart_mid_study_loses_nothing(servers, tmp_path):

@@ -1,11 +1,12 @@
 """Where a study's records live: the storage URL, its SQLAlchemy engine and the locks that
-serialise what the database itself cannot (study set-up across hosts, taking trials and
-failing stale ones on SQLite). Heartbeats and retries: `studies.fleet.queue`."""
+serialise what the database itself cannot (a study's set-up, taking trials and retrying
+stale ones, across hosts). Heartbeats and retries: `studies.fleet.queue`."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import warnings
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from began.errors import first_line
 from began.tracking import mask_url
 from studies.spec import StudySpec
 
-# How long a MySQL study set-up waits for another host's set-up to finish, in seconds.
+# How long a MySQL lock waits for another host's set-up or claim to finish, in seconds.
 MYSQL_LOCK_WAIT_S = 600
 SQLITE_BUSY_WAIT_S = 60  # a worker waits this long for another process's write to the file
 POSTGRES_CONNECT_TIMEOUT_S = 10  # an unreachable server: a clear error, soon
@@ -74,61 +75,71 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-@contextlib.contextmanager
-def setup_lock(spec: StudySpec) -> Iterator[None]:
+def setup_lock(spec: StudySpec) -> contextlib.AbstractContextManager[None]:
     """Held by a study's parent while it creates or updates what the study's hosts share
     (Optuna's tables, the study, the grid's queue, the MLflow parent run).
 
     Two hosts started at the same moment on fresh storage would otherwise both create
     the tables (PostgreSQL: "duplicate key ... pg_type_typname_nsp_index"), both queue
-    the grid (every point twice) and both create a parent run. A PostgreSQL advisory lock
-    or MySQL's GET_LOCK serialises them on the database; SQLite, a file on one machine, a
-    file lock beside it.
+    the grid (every point twice) and both create a parent run.
     """
+    return study_lock(spec, "setup")
+
+
+def claim_lock(spec: StudySpec) -> contextlib.AbstractContextManager[None]:
+    """Held by a worker while it takes a queued trial or retries stale ones.
+
+    Taking a trial: Optuna marks a queued trial RUNNING after reading it WAITING under
+    SELECT ... FOR UPDATE, which SQLite ignores (two workers both took one grid point).
+    Retrying a stale trial reads "no retry queued yet" and then queues one: two workers
+    (or hosts) that both found the trial stale would both queue a retry, and the point
+    would run twice (seen on PostgreSQL when a killed machine's study restarted).
+    """
+    return study_lock(spec, "claim")
+
+
+@contextlib.contextmanager
+def study_lock(spec: StudySpec, purpose: str) -> Iterator[None]:
+    """An exclusive lock on one `purpose` of one study, across every process and host of
+    the study: PostgreSQL's advisory lock or MySQL's GET_LOCK on the study's database
+    (the server drops it when its holder dies), a file lock beside a SQLite file."""
     url = spec.storage
-    key = int.from_bytes(hashlib.blake2b(spec.study_name.encode(), digest_size=8).digest(),
-                         "little", signed=True)  # fmt: skip
     if url.startswith(SQLITE_PREFIX):
-        with sqlite_file_lock(url, ".setup-lock"):
+        with sqlite_file_lock(url, f".{purpose}-lock"):
             yield
         return
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
+    name = f"{purpose}:{spec.study_name}".encode()
+    key = int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "little", signed=True)
+    if url.startswith("postgresql"):
+        lock, unlock = f"SELECT pg_advisory_lock({key})", f"SELECT pg_advisory_unlock({key})"
+    else:
+        lock = f"SELECT GET_LOCK('began-{key}', {MYSQL_LOCK_WAIT_S})"
+        unlock = f"SELECT RELEASE_LOCK('began-{key}')"
     try:
-        with engine.connect() as connection:
-            if url.startswith("postgresql"):
-                connection.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({key})"))
-                unlock = f"SELECT pg_advisory_unlock({key})"
-            else:
-                connection.execute(
-                    sqlalchemy.text(f"SELECT GET_LOCK('began-{key}', {MYSQL_LOCK_WAIT_S})")
-                )
-                unlock = f"SELECT RELEASE_LOCK('began-{key}')"
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text(unlock))
+        connection = _lock_engine(url).connect()
+        connection.execute(sqlalchemy.text(lock))
     except sqlalchemy.exc.OperationalError as error:
         raise StorageError(f"--storage: cannot open {mask_url(url)}: {first_line(error)}") from None
+    try:
+        yield
     finally:
-        engine.dispose()
+        try:
+            connection.execute(sqlalchemy.text(unlock))
+            connection.commit()
+        except sqlalchemy.exc.SQLAlchemyError:
+            connection.invalidate()  # a pooled connection must not keep the lock
+        connection.close()
 
 
-@contextlib.contextmanager
-def claim_lock(spec: StudySpec) -> Iterator[None]:
-    """Serialises taking trials from the queue where the database cannot.
+@functools.cache
+def _lock_engine(url: str) -> Any:
+    """One engine per storage URL and process for the locks (a lock is taken at every
+    claim: a new engine each time would open a new pool each time)."""
+    import sqlalchemy
 
-    Optuna marks a queued trial RUNNING after reading it WAITING under SELECT ... FOR
-    UPDATE. PostgreSQL and MySQL lock the row; SQLite ignores FOR UPDATE, and two workers
-    that read the row before either writes both take the trial (seen in tests: one grid
-    point run twice). On SQLite, a file lock beside the database (one machine) closes that.
-    """
-    if not spec.storage.startswith(SQLITE_PREFIX):
-        yield
-        return
-    with sqlite_file_lock(spec.storage, ".claim-lock"):
-        yield
+    return sqlalchemy.create_engine(url, **engine_kwargs(url))
 
 
 @contextlib.contextmanager

@@ -7,8 +7,8 @@ The rules that keep a trial from being lost, run twice or left hanging:
   heartbeat is stale once its claim is older than the grace period (a worker killed
   between the two would otherwise leave it RUNNING for ever);
 - a claim is never retried blindly: one that fails after it committed becomes stale;
-- stale trials are failed under the claim lock (SQLite ignores SELECT ... FOR UPDATE:
-  two workers would both fail one trial and both queue its retry);
+- stale trials are retried under the same claim lock, on every database: two workers
+  (or hosts) that both found one trial stale would both queue its retry;
 - a stopped trial is queued to continue *before* it is marked FAIL, and a trial is never
   queued to continue twice, so a second signal between the two loses nothing and doubles
   nothing;
