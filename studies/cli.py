@@ -125,6 +125,13 @@ def build_parser(prog: str, description: str, varied: frozenset[str]) -> argpars
         "this is retried from its checkpoint",
     )
     study.add_argument(
+        "--max-retries",
+        type=int,
+        default=StudySpec.max_retries,
+        help="a trial whose attempts die this many times more from one checkpoint (no "
+        "progress in between) is given up; attempts that advanced the run count nothing",
+    )
+    study.add_argument(
         "--collapse-ssim",
         type=float,
         default=HealthRule.collapse_ssim,
@@ -214,6 +221,8 @@ def study_spec(
     health = HealthRule(args.divergence_factor, args.collapse_ssim, args.prune_patience)
     if args.heartbeat < 1:
         raise OptionError(f"--heartbeat: must be >= 1 second, got {args.heartbeat}")
+    if args.max_retries < 0:
+        raise OptionError(f"--max-retries: must be >= 0, got {args.max_retries}")
     name = args.study_name or f"{command}-{config_fingerprint(cfg, set(space))}"
     check_name("--study-name", name)
     experiment = check_name("--experiment", args.experiment or name)
@@ -239,6 +248,7 @@ def study_spec(
         pruner=args.pruner,
         health=health,
         heartbeat_s=args.heartbeat,
+        max_retries=args.max_retries,
         cache_dir=args.cache_dir,
         **extra,
     )

@@ -22,9 +22,10 @@ from studies.collapse import (
     near_collapse_signs,
     ssim_share,
 )
+from studies.fleet.queue import failed_for_good, is_continued, point_of
 from studies.hints import next_steps
 from studies.records import best_trials
-from studies.schema import CONTINUES_ATTR, FINAL_ATTR, REASON_ATTR, RUN_ID_ATTR
+from studies.schema import FINAL_ATTR, REASON_ATTR, RUN_ID_ATTR
 from studies.spec import StudySpec
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -52,12 +53,14 @@ def near_collapse(trial: FrozenTrial, threshold: float) -> list[str]:
     return [] if is_collapsed(final, threshold) else near_collapse_signs(final)
 
 
-def trial_line(spec: StudySpec, trial: FrozenTrial) -> str:
-    """`trial 3 COMPLETE gamma=0.5 seed=0 | diversity_gap=0.04 | 58 s` and any warning."""
+def trial_line(spec: StudySpec, trial: FrozenTrial, continued: bool = False) -> str:
+    """`trial 3 COMPLETE gamma=0.5 seed=0 | diversity_gap=0.04 | 58 s` and any warning;
+    a failed attempt that a retry continues (`continued`) reads INTERRUPTED, not FAIL."""
     seconds = ""
     if trial.datetime_start and trial.datetime_complete:
         seconds = f" | {(trial.datetime_complete - trial.datetime_start).total_seconds():.0f} s"
-    parts = [f"trial {trial.number} {trial.state.name} {format_params(trial.params)}"]
+    state = "INTERRUPTED" if continued and trial.state == TrialState.FAIL else trial.state.name
+    parts = [f"trial {trial.number} {state} {format_params(trial.params)}"]
     if trial.values is not None and trial.state == TrialState.COMPLETE:
         parts.append(format_values(spec, trial.values))
     ssim = trial.user_attrs.get(FINAL_ATTR, {}).get("diversity_ssim")
@@ -104,19 +107,19 @@ class StudyProgress:
                 self.reported.add(trial.number)
                 self.finished_here += 1
                 newly_done = True
-                self._write(trial_line(self.spec, trial))
+                self._write(trial_line(self.spec, trial, is_continued(trial, trials)))
         counts = {state: 0 for state in TrialState}
         for trial in trials:
             counts[trial.state] += 1
         # Trials that are done for good: complete, pruned, or failed without a retry queued.
         logical_done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         logical_done += sum(
-            1 for t in trials if t.state == TrialState.FAIL and not _retried(t, trials)
+            1 for t in trials if t.state == TrialState.FAIL and not is_continued(t, trials)
         )
         self.bar.n = logical_done
         postfix = (
             f"running {counts[TrialState.RUNNING]} | queued {counts[TrialState.WAITING]} | "
-            f"pruned {counts[TrialState.PRUNED]} | failed {counts[TrialState.FAIL]}"
+            f"pruned {counts[TrialState.PRUNED]} | failed {len(failed_for_good(trials))}"
         )
         if newly_done or self.best_text is None:  # the best changes only when a trial ends
             best = best_trials(study)
@@ -168,19 +171,28 @@ def diversity_verdict(final: dict[str, float], threshold: float) -> str:
     return f"diversity SSIM {ssim:.3f} vs {real:.3f} for real images: {verdict}"
 
 
-def _retried(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:
-    return any(t.system_attrs.get(CONTINUES_ATTR) == trial.number for t in trials)
-
-
 def summary(spec: StudySpec, study: optuna.Study, seconds: float | None) -> str:
     """What the study found, and what to open next; `seconds` None: nothing was left to run."""
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
     ran = "nothing left to run" if seconds is None else f"{seconds:.0f} s this run"
+    failed = failed_for_good(trials)
+    retried = sum(1 for t in trials if t.state == TrialState.FAIL and is_continued(t, trials))
     lines = [
-        f"study {spec.study_name}: {len(trials)} trials, {counts[TrialState.COMPLETE]} complete, "
-        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed ({ran})"
+        f"study {spec.study_name}: {len(trials) - retried} trials, "
+        f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+        f"{len(failed)} failed"
+        + (f", {retried} attempts interrupted and continued" if retried else "")
+        + f" ({ran})"
     ]
+    for trial in failed:
+        lines.append(
+            f"! trial {trial.number} FAILED {format_params(point_of(trial))}: "
+            f"{trial.user_attrs.get(REASON_ATTR, 'no reason recorded')}"
+        )
+    if failed:
+        lines.append("! the same command again tries the failed trials again, each from its "
+                     "last checkpoint")  # fmt: skip
     best = best_trials(study)
     threshold = spec.health.collapse_ssim
     for trial in best:

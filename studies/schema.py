@@ -34,12 +34,15 @@ RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run, set before training sta
 REASON_ATTR = "reason"  # why it was pruned or failed
 FINAL_ATTR = "final_metrics"  # the final evaluation: {FINAL_STEP, FINAL_M_GLOBAL, metric: value}
 LAST_EVALUATION_ATTR = "last_evaluation"  # the latest evaluation, updated while it runs
+START_STEP_ATTR = "start_step"  # the checkpoint step this attempt's run started from
+GIVEN_UP_ATTR = "given_up"  # on the last attempt of a trial given up: why
 FINAL_STEP = "step"
 FINAL_M_GLOBAL = "m_global"  # the mean M_global of the last evaluation window
 
 # --- Optuna: a trial's system attributes (Optuna's retry bookkeeping) ---------------------
 FAILED_TRIAL_ATTR = "failed_trial"  # on a retry: the first trial of its chain
-RETRY_HISTORY_ATTR = "retry_history"  # on a retry: the crashed trials before it, oldest first
+RETRY_HISTORY_ATTR = "retry_history"  # on a retry: the attempts that crashed from STUCK_STEP
+STUCK_STEP_ATTR = "stuck_at_step"  # on a retry: the checkpoint step those crashes started from
 CONTINUES_ATTR = "continues_trial"  # on a retry: the trial it continues (crashed or stopped)
 FIXED_PARAMS_ATTR = "fixed_params"  # on a queued trial: the params it was queued with
 
@@ -55,6 +58,7 @@ TRIAL_NUMBER_TAG = "trial_number"
 TRIAL_STATE_TAG = "trial_state"
 PRUNE_REASON_TAG = "prune_reason"
 FAIL_REASON_TAG = "fail_reason"
+GIVEN_UP_TAG = "given_up"  # on the run of a trial given up: why
 RETRIED_AS_TAG = "retried_as_trial"  # the trial that continued this run after a retry
 BEST_TRIALS_TAG = "best_trials"  # on the parent run: the best trial numbers
 BEST_RUN_TAG = "best_run_id"  # on the parent run, single objective: the best trial's run

@@ -44,7 +44,7 @@ class StudySpec:
     n_trials: int | None = None  # SEARCH: trials in all, over every worker and rerun
     timeout_s: float | None = None  # SEARCH: no new trial starts after this long
     heartbeat_s: int = DEFAULT_HEARTBEAT_S
-    max_retries: int = 3  # retries of a trial whose worker died
+    max_retries: int = 3  # retries of a trial whose attempts die from one checkpoint
     pack: int = 1  # trials a worker trains at once, as one model when they share a shape
     cache_dir: str | None = None
 

@@ -29,6 +29,7 @@ from studies.schema import (
     FINAL_M_GLOBAL,
     FINAL_STEP,
     RUN_ID_ATTR,
+    START_STEP_ATTR,
 )
 from studies.space import suggest
 from studies.spec import StudySpec
@@ -79,6 +80,9 @@ def start_trial(
         started.result = opened
     else:
         started.run = opened
+        # How a retry tells a killed attempt that advanced the run from one that did not.
+        step = opened.learner.state.step
+        retrying_unless_finished(lambda: trial.set_user_attr(START_STEP_ATTR, step))
     return started
 
 

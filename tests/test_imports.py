@@ -255,7 +255,8 @@ def test_studies_never_import_analysis_or_bench():
 # What runs a study (its command line, the hints it prints, the records it reads back)
 # may use the fleet; what a trial computes (objectives, pruning, the search space, the
 # collapse check, the trial itself) never does, so that it runs without a fleet.
-FLEET_USERS = {"studies.cli", "studies.hints", "studies.records"}
+# The study's display reads the queue's retry chains (which trials failed for good).
+FLEET_USERS = {"studies.cli", "studies.hints", "studies.progress", "studies.records"}
 
 
 def test_what_a_trial_computes_never_imports_the_fleet():

@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 import sqlalchemy
@@ -24,7 +25,12 @@ import studies.fleet.worker as worker_module
 import studies.trial as trial_module
 from began.tracking import FAILED, FINISHED, MlflowTracker
 from studies.fleet.optuna_private import pop_waiting_trial_id, storage_of
+from studies.fleet.queue import failed_for_good
 from studies.fleet.storage import load_study, prepare_study
+from studies.progress import summary
+from studies.schema import RUN_ID_ATTR, START_STEP_ATTR
+from studies.space import parse_space
+from studies.spec import SEARCH
 from tests.test_studies import TINY, child_runs, run_worker_here, tiny_spec, trials, worker_pids
 
 BEAT_S = 1  # the tests' heartbeat
@@ -117,7 +123,7 @@ def assert_one_retry_of_a_stale_trial(spec, monkeypatch):
     trial_id = pop_waiting_trial_id(study)
     storage_of(study).record_heartbeat(trial_id)
     backdate(spec, GRACE_S + 1)  # its worker died that long ago
-    workers = [load_study(spec, index) for index in range(2)]
+    workers = [load_study(spec) for _ in range(2)]
     writes = []
     for worker_study in workers:
         storage = storage_of(worker_study)
@@ -229,6 +235,72 @@ def test_preemptions_do_not_use_up_the_retries_of_a_crash(tmp_path):
     backdate(spec, GRACE_S + 1)
     taken = worker_module.next_trial(load_study(spec), spec, time.monotonic())
     assert isinstance(taken, optuna.Trial), "the crash was not retried: the point restarts at 0"
+
+
+def test_kills_that_advance_the_run_are_retried_for_ever_and_kills_that_do_not_give_up(
+    tmp_path, capsys
+):
+    spec = beating_spec(tmp_path, "progress", [0.5])
+    study = prepare_study(spec)
+    run = MlflowTracker(spec.tracking_uri, spec.experiment, "trial-0")
+    run.create()
+    storage = storage_of(study)
+
+    def killed(trial, start_step):
+        """The attempt opened the run at `start_step`, then its machine was killed."""
+        storage.set_trial_user_attr(trial._trial_id, RUN_ID_ATTR, run.run_id)
+        storage.set_trial_user_attr(trial._trial_id, START_STEP_ATTR, start_step)
+        storage.record_heartbeat(trial._trial_id)
+        backdate(spec, GRACE_S + 1)
+        return worker_module.next_trial(load_study(spec), spec, time.monotonic())
+
+    trial = worker_module.next_trial(study, spec, time.monotonic())
+    for step in (0, 20, 40, 60, 80, 100):  # six kills, each after a newer checkpoint
+        trial = killed(trial, step)
+        assert isinstance(trial, optuna.Trial), f"given up at step {step} though it advanced"
+    for _ in range(spec.max_retries - 1):  # the retries left from step 100
+        trial = killed(trial, 100)
+        assert isinstance(trial, optuna.Trial)
+    assert killed(trial, 100) is None  # the 4th attempt dead at step 100: given up
+    trials = load_study(spec).get_trials()
+    last = trials[-1]
+    assert last.state == TrialState.FAIL and last.user_attrs["given_up"] is True
+    reason = "given up: 4 attempts died from the checkpoint at step 100"
+    assert last.user_attrs["reason"] == reason
+    assert reason in capsys.readouterr().err
+    ended = mlflow.MlflowClient(spec.tracking_uri).get_run(run.run_id)
+    assert ended.info.status == FAILED and ended.data.tags["given_up"] == reason
+    assert failed_for_good(trials) == [last]
+    closing = summary(spec, load_study(spec), 1.0)
+    assert f"! trial {last.number} FAILED gamma=0.5 seed=0: {reason}" in closing
+    assert "1 failed, 8 attempts interrupted and continued" in closing
+    # The same command again: the point continues its one run, with fresh retries.
+    again = prepare_study(spec)
+    [queued] = [t for t in again.get_trials() if t.state == TrialState.WAITING]
+    assert queued.user_attrs["mlflow_run_id"] == run.run_id and "reason" not in queued.user_attrs
+    assert queued.system_attrs["retry_history"] == [] and failed_for_good(again.trials) == []
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_two_hosts_searching_one_study_draw_distinct_points(tmp_path, sampler):
+    """Two hosts join one search, one worker each (worker 0 on both): every new trial
+    draws from a stream of its own, and the study is reproducible from --sampler-seed."""
+    spec = replace(tiny_spec(tmp_path, "hosts", [0.5]), kind=SEARCH, grid=(), n_trials=8,
+                   space=parse_space("gamma=0.1:0.9"), sampler=sampler, sampler_seed=7)  # fmt: skip
+    prepare_study(spec)
+    hosts = [load_study(spec), load_study(spec)]
+    for n in range(8):
+        trial = worker_module.next_trial(hosts[n % 2], spec, time.monotonic())
+        trial.suggest_float("gamma", 0.1, 0.9)
+    gammas = [t.params["gamma"] for t in load_study(spec).get_trials()]
+    assert len(set(gammas)) == 8, gammas
+    again = replace(spec, study_name="hosts-again")
+    prepare_study(again)
+    host = load_study(again)
+    for _ in range(8):
+        trial = worker_module.next_trial(host, again, time.monotonic())
+        trial.suggest_float("gamma", 0.1, 0.9)
+    assert [t.params["gamma"] for t in load_study(again).get_trials()] == gammas
 
 
 @pytest.mark.parametrize("lands_in", ["continue_later", "_tell"])

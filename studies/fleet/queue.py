@@ -12,7 +12,8 @@ The rules that keep a trial from being lost, run twice or left hanging:
 - a stopped trial is queued to continue *before* it is marked FAIL, and a trial is never
   queued to continue twice, so a second signal between the two loses nothing and doubles
   nothing;
-- only crashes count against `--max-retries`; a Ctrl-C or a preemption is no failure.
+- only crashes without progress count against `--max-retries`: a Ctrl-C is no failure,
+  and a killed machine whose trial had written a newer checkpoint is an interruption.
 """
 
 from __future__ import annotations
@@ -33,7 +34,18 @@ from studies.fleet.optuna_private import (
     storage_of,
     trial_id_of,
 )
-from studies.schema import CONTINUES_ATTR, FAILED_TRIAL_ATTR, HEARTBEAT_ATTR, RETRY_HISTORY_ATTR
+from studies.schema import (
+    CONTINUES_ATTR,
+    FAILED_TRIAL_ATTR,
+    FIXED_PARAMS_ATTR,
+    GIVEN_UP_ATTR,
+    HEARTBEAT_ATTR,
+    REASON_ATTR,
+    RETRY_HISTORY_ATTR,
+    RUN_ID_ATTR,
+    START_STEP_ATTR,
+    STUCK_STEP_ATTR,
+)
 from studies.spec import StudySpec
 
 # A trial is stale after this many heartbeat intervals without a beat: one beat lost to
@@ -73,49 +85,110 @@ def claim_queued_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | N
     return None if trial_id is None else optuna.Trial(study, trial_id)
 
 
-def new_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial:
-    """A fresh trial for the sampler to fill (search studies), with its first beat."""
+def new_trial(
+    study: optuna.Study, spec: StudySpec, sampler_for: Callable[[int], optuna.samplers.BaseSampler]
+) -> optuna.Trial:
+    """A fresh trial for the sampler to fill (search studies), with its first beat. The
+    sampler is `sampler_for(trials so far)`: under the claim lock no two new trials see
+    the same count, so no two draw from the same random stream, whichever host asks."""
     with claim_lock(spec), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
+        study.sampler = sampler_for(len(study.get_trials(deepcopy=False)))
         trial = study.ask()
         storage_of(study).record_heartbeat(trial_id_of(trial))
     return trial
 
 
-def retry_stale_trials(study: optuna.Study, spec: StudySpec) -> list[int]:
-    """Queue a retry of each RUNNING trial no worker runs any more (a crash: it counts
-    against `spec.max_retries`), then fail the trial. Returns the failed trials' storage
-    ids. Optuna's `fail_stale_trials` only fails them: the retry continuing the trial's
-    run from its checkpoint is this project's."""
+def retry_stale_trials(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:
+    """Queue a retry of each RUNNING trial no worker runs any more (its worker, or its
+    machine, died), then fail the trial; returns the trials given up instead (attempts
+    that died `spec.max_retries` + 1 times from one checkpoint: `continue_later`).
+    Optuna's `fail_stale_trials` only fails them: the retry continuing the trial's run
+    from its checkpoint is this project's."""
     storage = storage_of(study)
     grace_s = stale_after_s(heartbeat_of(study, spec))
-    failed = []
+    given_up = []
     with claim_lock(spec):
         for trial_id in stale_trial_ids(study, grace_s):
-            continue_later(study, storage.get_trial(trial_id), crashed=True,
-                           max_retries=spec.max_retries)  # fmt: skip
+            trial = storage.get_trial(trial_id)
+            queued = continue_later(study, trial, crashed=True, max_retries=spec.max_retries)
+            gives_up = not queued and not is_continued(trial, study.get_trials(deepcopy=False))
             with contextlib.suppress(UpdateFinishedTrialError):  # finished meanwhile
-                if storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                    failed.append(trial_id)
-    return failed
+                if gives_up:
+                    reason = given_up_reason(trial)
+                    storage.set_trial_user_attr(trial_id, REASON_ATTR, reason)
+                    storage.set_trial_user_attr(trial_id, GIVEN_UP_ATTR, True)
+                if storage.set_trial_state_values(trial_id, TrialState.FAIL) and gives_up:
+                    given_up.append(trial)
+    return given_up
+
+
+def is_continued(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:
+    """Whether a retry continues `trial` (queued, running or done)."""
+    return any(t.system_attrs.get(CONTINUES_ATTR) == trial.number for t in trials)
+
+
+def point_of(trial: FrozenTrial) -> dict:
+    """The params a trial runs: its queued ones, where it failed before it read them."""
+    return trial.system_attrs.get(FIXED_PARAMS_ATTR, trial.params)
+
+
+def failed_for_good(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The failed trials nothing continues: no retry queued after them and no other trial
+    at their point done or pending (an error, or given up after its retries). A failed
+    attempt that a retry continues is an interruption, not a failure."""
+    settled = [point_of(t) for t in trials if t.state != TrialState.FAIL]
+    return [
+        t for t in trials
+        if t.state == TrialState.FAIL and not is_continued(t, trials) and point_of(t) not in settled
+    ]  # fmt: skip
+
+
+def try_failed_again(study: optuna.Study) -> int:
+    """Queue each trial that failed for good to run again (a new command's fresh retries),
+    continuing its MLflow run from its checkpoint: a point keeps one run whatever happens
+    to its attempts. Returns how many were queued."""
+    queued = 0
+    for trial in failed_for_good(study.get_trials(deepcopy=False)):
+        if RUN_ID_ATTR in trial.user_attrs:
+            queued += continue_later(study, trial, crashed=False, fresh_retries=True)
+        elif point_of(trial):
+            study.enqueue_trial(point_of(trial))  # it failed before its run existed
+            queued += 1
+    return queued
 
 
 def continue_later(
-    study: optuna.Study, trial: FrozenTrial, crashed: bool, max_retries: int | None = None
+    study: optuna.Study,
+    trial: FrozenTrial,
+    crashed: bool,
+    max_retries: int | None = None,
+    fresh_retries: bool = False,
 ) -> bool:
     """Queue a copy of `trial` to run again, continuing its MLflow run from its checkpoint
     (`mlflow_run_id` is among the user attributes it keeps); False if not queued.
 
-    Never twice for one trial (a second call finds the first copy). A crash extends
-    `retry_history`, and after `max_retries` of them the trial is not queued again; a
-    stop (Ctrl-C, SIGTERM, a lost parent) does not. `failed_trial` is the first trial of
-    the chain, as in Optuna's RetryHeartbeatStaleTrialCallback.
+    Never twice for one trial (a second call finds the first copy). Retries count
+    failures, not interruptions: a crash counts only while the run makes no progress.
+    `retry_history` holds the attempts that crashed from the same checkpoint step
+    (`stuck_at_step`); an attempt that started from a later checkpoint than that (the one
+    before it advanced the run: a killed machine, a preemption) starts the count again.
+    After `max_retries` retries from one checkpoint the trial is not queued again: it is
+    given up. A stop (Ctrl-C, SIGTERM, a lost parent) counts nothing; `fresh_retries`
+    (a new command trying a given-up trial again) starts the count again. `failed_trial`
+    is the first trial of the chain, as in Optuna's RetryHeartbeatStaleTrialCallback.
     """
-    others = study.get_trials(deepcopy=False)
-    if any(t.system_attrs.get(CONTINUES_ATTR) == trial.number for t in others):
+    if is_continued(trial, study.get_trials(deepcopy=False)):
         return False
     history = list(trial.system_attrs.get(RETRY_HISTORY_ATTR, []))
+    stuck_at = trial.system_attrs.get(STUCK_STEP_ATTR)
+    if fresh_retries:
+        history, stuck_at = [], None
     if crashed:
+        # Unknown (killed before its run opened): as the attempt before it started.
+        started_at = trial.user_attrs.get(START_STEP_ATTR, 0)
+        if stuck_at is None or started_at > stuck_at:
+            history, stuck_at = [], started_at
         history.append(trial.number)
         if max_retries is not None and len(history) > max_retries:
             return False
@@ -124,17 +197,28 @@ def continue_later(
         FAILED_TRIAL_ATTR: trial.system_attrs.get(FAILED_TRIAL_ATTR, trial.number),
         CONTINUES_ATTR: trial.number,
         RETRY_HISTORY_ATTR: history,
+        STUCK_STEP_ATTR: stuck_at,
     }
     study.add_trial(
         optuna.create_trial(
             state=TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
-            user_attrs=trial.user_attrs,
+            # Not the attempt's reason: a retry that completes has no failure to show.
+            user_attrs={
+                k: v for k, v in trial.user_attrs.items() if k not in (REASON_ATTR, GIVEN_UP_ATTR)
+            },  # fmt: skip
             system_attrs=system_attrs,
         )
     )
     return True
+
+
+def given_up_reason(trial: FrozenTrial) -> str:
+    """Why a trial was given up, in a line: its attempts and the step they died from."""
+    attempts = len(trial.system_attrs.get(RETRY_HISTORY_ATTR, [])) + 1
+    step = trial.user_attrs.get(START_STEP_ATTR, 0)
+    return f"given up: {attempts} attempts died from the checkpoint at step {step}"
 
 
 class Heartbeats:

@@ -24,7 +24,7 @@ from began.data import load_images
 from began.metrics import get_metric, parse_metrics
 from began.retry import retrying
 from studies.fleet.connection import setup_lock
-from studies.fleet.queue import is_retry
+from studies.fleet.queue import failed_for_good, is_retry
 from studies.fleet.storage import StudyError, prepare_study
 from studies.fleet.worker import INTERRUPTED_EXIT, worker_main
 from studies.hints import as_typed_here
@@ -178,6 +178,10 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool) -> int:
         return INTERRUPTED_EXIT
     if crashed:
         print(f"{len(crashed)} worker(s) died (exit codes {crashed}); rerun to continue")
+        return 1
+    failed = failed_for_good(study.get_trials(deepcopy=False))
+    if failed:
+        print(f"{len(failed)} trial(s) failed (listed above); exit status 1")
         return 1
     return 0
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from began.config import TrainConfig
 from studies.fleet.connection import open_storage
+from studies.fleet.queue import point_of, try_failed_again
 from studies.pruning import make_pruner
 from studies.schema import (
     BASE_CONFIG_ATTR,
     EXPERIMENT_ATTR,
-    FIXED_PARAMS_ATTR,
     HEARTBEAT_ATTR,
     KIND_ATTR,
     OBJECTIVES_ATTR,
@@ -49,6 +50,7 @@ def prepare_study(spec: StudySpec) -> optuna.Study:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # optuna-dashboard then labels the axes by objective, not "Objective 0".
         study.set_metric_names([o.logged for o in spec.objectives])
+    try_failed_again(study)  # a new command gives what failed fresh retries
     if spec.kind == GRID:
         queue_grid(spec, study)
     return study
@@ -86,14 +88,14 @@ def queue_grid(spec: StudySpec, study: optuna.Study) -> int:
 
     Queued once, here, before workers start: each point then runs exactly once even
     with many workers (Optuna's GridSampler could hand one point to two workers).
-    A point whose trial failed with an error is queued again; complete, pruned,
-    running and queued points are not.
+    Complete, pruned, running and queued points are not queued again; a failed one is
+    queued again by `try_failed_again`, before this.
     """
     covered = []
     for trial in study.get_trials(deepcopy=False):
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
                            TrialState.WAITING):  # fmt: skip
-            covered.append(trial.system_attrs.get(FIXED_PARAMS_ATTR, trial.params))
+            covered.append(point_of(trial))
     queued = 0
     for point in spec.grid:
         if not any(_same_point(point, params) for params in covered):
@@ -108,15 +110,19 @@ def _same_point(point: dict, params: dict) -> bool:
     )
 
 
-def make_sampler(spec: StudySpec, worker_index: int) -> optuna.samplers.BaseSampler:
-    """The sampler by name; each worker gets its own seed so they do not draw alike."""
-    seed = spec.sampler_seed + worker_index
+def make_sampler(spec: StudySpec, stream: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler by name, seeded for one new trial: `stream` is the trial's place in the
+    study (`studies.fleet.queue.new_trial`), so no two trials of a study, on one host or
+    many, draw from the same random stream, and `--sampler-seed` still makes a study
+    reproducible. TPE assumes a constant liar value for the trials still running, so that
+    concurrent workers do not converge on one point."""
+    seed = int(np.random.SeedSequence([spec.sampler_seed, stream]).generate_state(1)[0])
     if spec.kind == GRID:
         return optuna.samplers.RandomSampler(seed)  # never samples: every point is queued
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if spec.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
         if spec.sampler == "random":
             return optuna.samplers.RandomSampler(seed)
         if spec.sampler == "cmaes":
@@ -124,16 +130,18 @@ def make_sampler(spec: StudySpec, worker_index: int) -> optuna.samplers.BaseSamp
         if spec.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
         if spec.sampler == "qmc":
-            return optuna.samplers.QMCSampler(seed=seed)
+            # One scramble for the whole study: Optuna hands each trial its own index into
+            # the sequence (kept in the study), which a seed per trial would break.
+            return optuna.samplers.QMCSampler(seed=spec.sampler_seed)
     raise ValueError(f"--sampler: unknown sampler {spec.sampler!r}; choose from {SAMPLERS}")
 
 
-def load_study(spec: StudySpec, worker_index: int = 0) -> optuna.Study:
+def load_study(spec: StudySpec) -> optuna.Study:
     """The study as a worker sees it: its sampler and, explicitly, its pruner (Optuna's
     default would be a median pruner, which `--pruner none` must not get)."""
     return optuna.load_study(
         study_name=spec.study_name,
         storage=open_storage(spec),
-        sampler=make_sampler(spec, worker_index),
+        sampler=make_sampler(spec),  # reseeded for each new trial: make_sampler
         pruner=make_pruner(spec.pruner, len(spec.objectives)),
     )

@@ -41,16 +41,18 @@ from studies.fleet.queue import (
     Heartbeats,
     claim_queued_trial,
     continue_later,
+    given_up_reason,
     heartbeat_of,
     is_retry,
     new_trial,
     retry_stale_trials,
 )
 from studies.fleet.scheduler import train_runs
-from studies.fleet.storage import load_study
+from studies.fleet.storage import load_study, make_sampler
+from studies.progress import format_params
 from studies.pruning import retrying_unless_finished
 from studies.records import record_trial_end
-from studies.schema import ERROR_FILE, REASON_ATTR, RUN_ID_ATTR
+from studies.schema import ERROR_FILE, GIVEN_UP_TAG, REASON_ATTR, RUN_ID_ATTR
 from studies.spec import SEARCH, StudySpec
 from studies.trial import StartedTrial, start_trial, trial_outcome
 
@@ -95,7 +97,7 @@ def worker_main(spec: StudySpec, index: int, device: str, threads: int, parent_r
     try:
         with deferred_interrupts(stop):  # a stop signal sets `stop`; training stops between steps
             stop_with_parent()
-            worker = Worker(load_study(spec, index), spec, device, parent_run_id, stop)
+            worker = Worker(load_study(spec), spec, device, parent_run_id, stop)
             code = worker.run()
     except KeyboardInterrupt:  # a second Ctrl-C: its trials are retried as stale
         sys.exit(INTERRUPTED_EXIT)
@@ -247,13 +249,14 @@ def _taken_over(trial: optuna.Trial) -> None:
 
 
 def next_trial(study: optuna.Study, spec: StudySpec, start_time: float) -> optuna.Trial | object:
-    retry_stale_trials(study, spec)  # a dead worker's trial becomes a queued retry
+    for trial in retry_stale_trials(study, spec):  # a dead worker's trial: a queued retry
+        end_given_up_run(spec, trial)  # ... unless it died too often without progress
     trial = claim_queued_trial(study, spec)
     if trial is not None:
         return trial
     trials = study.get_trials(deepcopy=False)
     if spec.kind == SEARCH and _may_start_new(spec, trials, start_time):
-        return new_trial(study, spec)
+        return new_trial(study, spec, lambda stream: make_sampler(spec, stream))
     if any(t.state == TrialState.RUNNING for t in trials):
         return WAIT
     return None
@@ -306,6 +309,25 @@ def _fail(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, error: Exce
             pass  # the Optuna record below is the one that must be written
     retrying_unless_finished(lambda: _tell(study, trial, state=TrialState.FAIL))
     print(f"trial {trial.number} failed: {reason}", file=sys.stderr, flush=True)
+
+
+def end_given_up_run(spec: StudySpec, trial: FrozenTrial) -> None:
+    """A trial given up: its run ends FAILED with why (no process trains it any more, so
+    it must not stay RUNNING), and the worker says so."""
+    reason = given_up_reason(trial)
+    print(f"trial {trial.number} {format_params(trial.params)} {reason}; the same command "
+          "again tries it again", file=sys.stderr, flush=True)  # fmt: skip
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    if not run_id:
+        return
+    try:
+        tracker = MlflowTracker(spec.tracking_uri, run_id=run_id, run_option="trial run")
+        record_trial_end(tracker, TrialState.FAIL, None, reason, 0)
+        tracker.set_tags({GIVEN_UP_TAG: reason})
+        tracker.finish(FAILED, error=reason)
+    except Exception as error:  # the Optuna record holds it; the report shows either
+        print(f"trial {trial.number}: could not end its run {run_id}: {first_line(error)}",
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 def cpu_threads(cpu_workers: int) -> int:
