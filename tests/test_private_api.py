@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import sqlite3
 
 import optuna
+import pytest
+from optuna.trial import TrialState
 
 from studies.fleet.optuna_private import (
     pop_waiting_trial_id,
@@ -15,13 +16,34 @@ from studies.fleet.optuna_private import (
 )
 
 
-def test_pop_waiting_trial_id_signature() -> None:
-    method = getattr(optuna.study.Study, "_pop_waiting_trial_id", None)
-    assert method is not None, f"optuna {optuna.__version__}: Study._pop_waiting_trial_id gone"
-    params = list(inspect.signature(method).parameters)
-    assert params == ["self"], (
-        f"optuna {optuna.__version__}: Study._pop_waiting_trial_id now takes {params}"
+def test_every_private_name_exists_on_a_real_study(tmp_path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="p")
+    trial = study.ask()
+    storage = storage_of(study)
+    rdb = getattr(storage, "_backend", storage)
+    assert isinstance(rdb, optuna.storages.RDBStorage), f"optuna {optuna.__version__}: {rdb}"
+    assert rdb.engine.url.drivername == "sqlite"
+    frozen = storage.get_trial(trial_id_of(trial))
+    assert trial_id_of(frozen) == trial_id_of(trial)
+
+
+def test_a_missing_private_name_is_named_with_the_version() -> None:
+    with pytest.raises(ImportError, match=f"optuna {optuna.__version__} lacks object._trial_id"):
+        trial_id_of(object())
+
+
+def test_two_claims_of_one_queued_trial_one_wins(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = optuna.create_study(storage=storage, study_name="claim")
+    first.enqueue_trial({"x": 1.0})
+    second = optuna.load_study(storage=storage, study_name="claim")
+    waiting = storage_of(second).get_all_trials(second._study_id, states=(TrialState.WAITING,))
+    assert pop_waiting_trial_id(first) == trial_id_of(waiting[0])
+    # The second worker read the trial WAITING before the first claimed it: it loses.
+    assert not storage_of(second).set_trial_state_values(
+        trial_id_of(waiting[0]), TrialState.RUNNING
     )
+    assert pop_waiting_trial_id(second) is None
 
 
 def test_adapter_on_a_real_study(tmp_path) -> None:

@@ -180,8 +180,8 @@ def test_a_trial_taken_over_by_its_retry_stops_without_failing_the_shared_run(
             # queues its retry, which will continue the same MLflow run.
             study = optuna.load_study(study_name="taken", storage=spec.storage)
             [running] = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+            queue_module.continue_later(study, running, crashed=True)
             storage_of(study).set_trial_state_values(running._trial_id, TrialState.FAIL)
-            optuna.storages.RetryHeartbeatStaleTrialCallback(3)(study, running)
             taken_over.append(time.monotonic())
         return state, metrics
 

@@ -1,11 +1,13 @@
-"""The one place that touches Optuna's private API.
+"""The one place that touches Optuna's private API (and its tables).
 
-Optuna 5 offers no public way to claim a queued trial without sampling a new one, to
-reach a study's storage, to read a live trial's storage id, or to tell a trial that
-never beat from one whose beats stopped, and the studies need all four. Every use goes
-through these functions, so an Optuna upgrade that removes one fails at import time (or
-in tests/test_private_api.py) with a clear message instead of deep inside a worker.
-The version bounds in pyproject.toml exist because of these private APIs.
+Optuna offers no public way to reach a study's storage, to read a trial's storage id,
+or to tell a trial that never beat from one whose beats stopped, and the studies need
+all three: `Study._storage`, `_trial_id` (of `Trial` and `FrozenTrial`), the RDB
+storage's `engine` (under the cache's `_backend`), and the `trials` and
+`trial_heartbeats` tables by their columns. Every use goes through these functions, so
+an Optuna that lacks one fails with a message naming it, not deep inside a worker;
+tests/test_private_api.py checks each, and CI runs it with the lowest Optuna that
+pyproject.toml admits. Claiming a queued trial uses Optuna's public storage calls.
 No private MLflow API is used anywhere (began/tracking/mlflow_tracker.py reads the public
 `MlflowClient.tracking_uri`).
 """
@@ -13,28 +15,23 @@ No private MLflow API is used anywhere (began/tracking/mlflow_tracker.py reads t
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
-
-_REQUIRED = {
-    optuna.study.Study: ("_pop_waiting_trial_id",),
-}
+from optuna.trial import FrozenTrial, TrialState
 
 
-def _check_private_api() -> None:
-    """Raise ImportError naming the Optuna version and the first private API missing."""
-    for owner, names in _REQUIRED.items():
-        for name in names:
-            if not hasattr(owner, name):
-                raise ImportError(
-                    f"optuna {optuna.__version__} lacks {owner.__name__}.{name}, "
-                    "which studies/fleet/optuna_private.py wraps"
-                )
-
-
-_check_private_api()
+def _private(owner: object, name: str) -> Any:
+    """`owner.name`, or an error naming the Optuna version and what is missing (not an
+    AttributeError deep inside a worker)."""
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise ImportError(
+            f"optuna {optuna.__version__} lacks {type(owner).__name__}.{name}, which "
+            "studies/fleet/optuna_private.py uses; install a version pyproject.toml admits"
+        ) from None
 
 
 def storage_of(study: optuna.Study) -> BaseStorage:
@@ -43,28 +40,35 @@ def storage_of(study: optuna.Study) -> BaseStorage:
     Public Study methods read and write trials only through sampling/telling; the
     heartbeat and a trial's re-read need the storage itself.
     """
-    return study._storage
+    return _private(study, "_storage")
 
 
-def trial_id_of(trial: optuna.Trial) -> int:
-    """The storage id of a live trial (private `Trial._trial_id`).
+def trial_id_of(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage id of a trial (private `_trial_id`, of a live or a frozen trial).
 
     `Trial.number` is per study, but storage calls (heartbeat, get_trial) take the id.
     """
-    return trial._trial_id
+    return _private(trial, "_trial_id")
 
 
 def pop_waiting_trial_id(study: optuna.Study) -> int | None:
-    """Claim the oldest WAITING (enqueued) trial (private `Study._pop_waiting_trial_id`).
+    """Claim the oldest WAITING (queued) trial, or None: Optuna's public storage calls,
+    `get_all_trials(states=(WAITING,))` then `set_trial_state_values(RUNNING)`, which
+    answers False when another worker took the trial first.
 
-    Public `Study.ask` samples a brand-new trial when the queue is empty; a grid sweep
+    `Study.ask` would sample a brand-new trial when the queue is empty; a grid sweep
     must never do that.
     """
-    return study._pop_waiting_trial_id()
+    storage = storage_of(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if storage.set_trial_state_values(trial_id_of(trial), TrialState.RUNNING):
+            return trial_id_of(trial)
+    return None
 
 
 def stale_trial_ids(study: optuna.Study, grace_s: float) -> list[int]:
-    """RUNNING trials of the study that no worker runs any more (private RDB tables).
+    """RUNNING trials of the study that no worker runs any more (Optuna's RDB tables).
 
     Stale: a heartbeat older than `grace_s` by the database's clock (as Optuna's own
     `_get_stale_trial_ids` decides), or no heartbeat at all and claimed more than `grace_s`
@@ -74,18 +78,24 @@ def stale_trial_ids(study: optuna.Study, grace_s: float) -> list[int]:
     compared with this host's clock.
     """
     import sqlalchemy
-    from optuna.storages._rdb import models
 
-    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
-    trial, beat = models.TrialModel, models.TrialHeartbeatModel
-    query = (
-        sqlalchemy.select(trial.trial_id, trial._datetime_start_utc, beat.heartbeat)
-        .outerjoin(beat, beat.trial_id == trial.trial_id)
-        .where(trial.study_id == study._study_id, trial.state == TrialState.RUNNING)
+    storage = storage_of(study)
+    storage = getattr(storage, "_backend", storage)  # the RDB storage under Optuna's cache
+    # Optuna's tables by their columns (versioned by Optuna's own migrations), not its ORM
+    # classes, whose private attribute names change between releases.
+    query = sqlalchemy.text(
+        "SELECT t.trial_id, t.datetime_start, h.heartbeat FROM trials t "
+        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study_id AND t.state = 'RUNNING'"
+    ).columns(
+        sqlalchemy.column("trial_id", sqlalchemy.Integer),
+        sqlalchemy.column("datetime_start", sqlalchemy.DateTime),
+        sqlalchemy.column("heartbeat", sqlalchemy.DateTime),
     )
-    with storage.engine.connect() as connection:
+    study_id = storage.get_study_id_from_name(study.study_name)
+    with _private(storage, "engine").connect() as connection:
         database_now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
-        rows = connection.execute(query).all()
+        rows = connection.execute(query, {"study_id": study_id}).all()
     database_now = database_now.replace(tzinfo=None)  # PostgreSQL's is aware, the column not
     utc_now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     grace = datetime.timedelta(seconds=grace_s)

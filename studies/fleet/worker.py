@@ -297,7 +297,11 @@ def _fail(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, error: Exce
     """An exception fails this trial only: recorded with the error on the trial and its
     run (ended FAILED, with the traceback), and the study goes on."""
     reason = one_line(f"{type(error).__name__}: {error}")[:MAX_REASON_LENGTH]
-    retrying_unless_finished(lambda: trial.set_user_attr(REASON_ATTR, reason))
+    try:
+        retrying_unless_finished(lambda: trial.set_user_attr(REASON_ATTR, reason))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _taken_over(trial)  # failed as stale meanwhile: the trial and its run are the retry's
+        return
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if run_id:
         try:
