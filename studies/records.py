@@ -37,6 +37,7 @@ from studies.schema import (
     REASON_ATTR,
     RETRIED_AS_TAG,
     RUN_ID_ATTR,
+    RUN_NAME_TAG,
     STUDY_KIND_TAG,
     STUDY_NAME_TAG,
     TRIAL_NUMBER_TAG,
@@ -95,7 +96,14 @@ def trial_tracker(spec: StudySpec, trial: optuna.Trial, parent_run_id: str) -> M
     earlier = trial.user_attrs.get(RUN_ID_ATTR) or _unrecorded_run(spec, trial)
     if earlier:
         tracker = MlflowTracker(spec.tracking_uri, run_id=earlier, run_option="trial run")
-        tracker.set_tags({**tags, RETRIED_AS_TAG: str(trial.number)})
+        # Renamed for the trial that now runs it, so that MLflow and Optuna agree on the
+        # number; the name keeps the first trial's, which the run was created for.
+        frozen = {t.number: t for t in trial.study.get_trials(deepcopy=False)}[trial.number]
+        first = frozen.system_attrs.get(FAILED_TRIAL_ATTR, trial.number)
+        name = f"trial-{trial.number}" + (
+            f" (first trial-{first})" if first != trial.number else ""
+        )
+        tracker.set_tags({**tags, RETRIED_AS_TAG: str(trial.number), RUN_NAME_TAG: name})
         return tracker
     # Tagged as it is created: a kill before the trial records the run id leaves a run its
     # retry can still find (`_unrecorded_run`), not one left RUNNING for ever.

@@ -59,6 +59,7 @@ TRIAL_STATE_TAG = "trial_state"
 PRUNE_REASON_TAG = "prune_reason"
 FAIL_REASON_TAG = "fail_reason"
 GIVEN_UP_TAG = "given_up"  # on the run of a trial given up: why
+RUN_NAME_TAG = "mlflow.runName"  # MLflow's own: setting it renames the run
 RETRIED_AS_TAG = "retried_as_trial"  # the trial that continued this run after a retry
 BEST_TRIALS_TAG = "best_trials"  # on the parent run: the best trial numbers
 BEST_RUN_TAG = "best_run_id"  # on the parent run, single objective: the best trial's run

@@ -262,6 +262,9 @@ def test_a_killed_worker_s_trial_finishes_from_its_checkpoint(tmp_path):
     _, [parent_run], [run] = child_runs(tmp_path, "kill")  # one MLflow run for the trial
     assert run.info.status == "FINISHED" and run.data.tags["resume_count"] == "1"
     assert run.data.tags["trial_number"] == str(retry.number)
+    assert run.info.run_name == f"trial-{retry.number} (first trial-0)"  # as Optuna numbers it
+    said = f"trial {retry.number} continues trial 0 (gamma=0.5 seed=0) from step {killed_at}"
+    assert f"{said}, run {run.info.run_id}" in rerun.stdout
     assert load_checkpoint(checkpoint).step == 200
     assert parent_run.info.status == "FINISHED"
 
@@ -290,6 +293,8 @@ def test_ctrl_c_checkpoints_queues_the_trial_and_a_rerun_continues_it(tmp_path):
     output = parent.communicate(timeout=60)[0]
     assert parent.returncode == 130, output
     assert "run the same command again" in output
+    assert "trial 0 INTERRUPTED gamma=0.5 seed=0 | interrupted (stop signal)" in output
+    assert "0 failed, 1 attempts interrupted and continued" in output
     [stopped, queued] = trials(tmp_path, "stop")
     assert stopped.state == TrialState.FAIL and "interrupted" in stopped.user_attrs["reason"]
     assert queued.state == TrialState.WAITING
@@ -302,6 +307,9 @@ def test_ctrl_c_checkpoints_queues_the_trial_and_a_rerun_continues_it(tmp_path):
                            timeout=300)  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert [t.state for t in trials(tmp_path, "stop")] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert f"trial 1 continues trial 0 (gamma=0.5 seed=0) from step {stopped_at}" in rerun.stdout
+    assert "1 trials, 1 complete, 0 pruned, 0 failed, 1 attempts" in rerun.stdout
+    assert "reason" not in trials(tmp_path, "stop")[1].user_attrs  # no stale "interrupted"
     _, [parent_run], [run] = child_runs(tmp_path, "stop")
     assert run.info.status == "FINISHED" and run.data.tags["resume_count"] == "1"
     assert load_checkpoint(checkpoint).step == 300

@@ -52,7 +52,7 @@ from studies.fleet.storage import load_study, make_sampler
 from studies.progress import format_params
 from studies.pruning import retrying_unless_finished
 from studies.records import record_trial_end
-from studies.schema import ERROR_FILE, GIVEN_UP_TAG, REASON_ATTR, RUN_ID_ATTR
+from studies.schema import CONTINUES_ATTR, ERROR_FILE, GIVEN_UP_TAG, REASON_ATTR, RUN_ID_ATTR
 from studies.spec import SEARCH, StudySpec
 from studies.trial import StartedTrial, start_trial, trial_outcome
 
@@ -197,6 +197,7 @@ class Worker:
             return None
         self.held[id(started.run)] = started
         self.beats.add(trial, lambda: started.flag.abandon(TAKEN_OVER))
+        _say_what_continues(self.study, trial, started)
         return started.run
 
     def on_end(self, run: OpenRun, outcome: TrainResult | BaseException) -> None:
@@ -241,6 +242,17 @@ def stop_trial(study: optuna.Study, trial: optuna.Trial) -> None:
     frozen = retrying_unless_finished(lambda: storage_of(study).get_trial(trial_id_of(trial)))
     retrying_unless_finished(lambda: continue_later(study, frozen, crashed=False))
     retrying_unless_finished(lambda: _tell(study, trial, state=TrialState.FAIL))
+
+
+def _say_what_continues(study: optuna.Study, trial: optuna.Trial, started: StartedTrial) -> None:
+    """`trial 10 continues trial 4 (gamma=0.5 seed=1) from step 120, run ...`: a resume
+    says what it resumes."""
+    frozen = storage_of(study).get_trial(trial_id_of(trial))
+    continues = frozen.system_attrs.get(CONTINUES_ATTR)
+    if continues is not None and started.run is not None:
+        step = started.run.learner.state.step
+        print(f"trial {trial.number} continues trial {continues} ({format_params(frozen.params)})"
+              f" from step {step}, run {started.tracker.run_id}", flush=True)  # fmt: skip
 
 
 def _taken_over(trial: optuna.Trial) -> None:
