@@ -55,17 +55,19 @@ class Chaos:
     tracking_uri: str
     name: str = "chaos"
     pack: int = 1  # trials each worker trains at once
+    sweep: list[str] = field(default_factory=lambda: list(TINY_SWEEP))
+    env: dict[str, str] = field(default_factory=dict)  # added to the sweep's environment
     hits: Counter = field(default_factory=Counter)  # run id -> kills that hit it
     kills: list[str] = field(default_factory=list)  # the kind of each kill done
     pgids: list[int] = field(default_factory=list)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "studies.gamma_sweep", *TINY_SWEEP,
+        return [sys.executable, "-m", "studies.gamma_sweep", *self.sweep,
                 "--study-name", self.name, "--storage", self.storage,
                 "--tracking-uri", self.tracking_uri, "--pack", str(self.pack)]  # fmt: skip
 
     def start(self) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **self.env}
         log = open(self.folder / "sweep.log", "a")  # noqa: SIM115 (the child writes it)
         process = subprocess.Popen(self.command(), cwd=self.folder, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip

@@ -13,6 +13,7 @@ chaos` runs them; .ci/run does.
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
@@ -21,7 +22,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.chaos import Chaos, chaos, group_pids
+from tests.chaos import (
+    EPISODE_S,
+    TINY_SWEEP,
+    Chaos,
+    chaos,
+    group_pids,
+    wait_for_group,
+)
 from tests.servers import postgres_available, postgres_cluster
 
 SEEDS = [int(s) for s in os.environ.get("CHAOS_SEEDS", "0").split(",")]
@@ -107,3 +115,76 @@ def test_a_sweep_on_postgresql_killed_at_random_ends_complete_once(tmp_path, unb
         run = chaos(Path(tmp_path), cluster["url"]["optuna"], cluster["url"]["mlflow"],
                     seed, KILLS)  # fmt: skip
         check(run, unbroken, started)
+
+
+# The options given twice take their later value: one point, one worker, six kills' worth.
+ONE_POINT = [*TINY_SWEEP, "--gammas", "0.5", "--seeds", "1", "--workers", "1", "--steps", "600"]
+
+
+@pytest.mark.chaos
+def test_a_point_killed_again_and_again_completes_in_its_one_run(tmp_path):
+    """A preempted spot machine, six times over: the whole group SIGKILLed each time the
+    trial has written two more checkpoints. Every attempt advanced the run, so none uses
+    up a retry: the point completes, from its checkpoints, in its one MLflow run."""
+    run = Chaos(tmp_path, f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db",
+                sweep=ONE_POINT)  # fmt: skip
+    rng = random.Random(0)
+    process = run.start()
+    for _ in range(6):
+        run.wait_for_writes(process, 2)
+        assert group_pids(process.pid), ("the sweep ended before its kill", log_tail(run))
+        stopped, hit = run.kill(process, "group", rng)
+        for run_id, _ in hit:
+            run.hits[run_id] += 1
+        wait_for_group(process, EPISODE_S)
+        process = run.start()
+    wait_for_group(process, EPISODE_S)
+    assert process.returncode == 0, log_tail(run)
+    [trial] = [t for t in study_of(run).get_trials() if t.state == TrialState.COMPLETE]
+    child = only_child_run(run)
+    assert (
+        child.info.status == "FINISHED" and trial.user_attrs["mlflow_run_id"] == child.info.run_id
+    )
+    assert run.hits[child.info.run_id] >= 5, (run.hits, log_tail(run))
+    assert int(child.data.tags["resume_count"]) == run.hits[child.info.run_id]
+    assert [t.state for t in study_of(run).get_trials()].count(TrialState.RUNNING) == 0
+    assert all(group_pids(pgid) == [] for pgid in run.pgids)
+
+
+@pytest.mark.chaos
+def test_a_trial_that_dies_at_the_same_step_every_time_is_given_up(tmp_path):
+    """A poison trial: every attempt SIGKILLs its worker at step 30, ten steps after the
+    checkpoint at 20 (tests/hooks/die_at_step). The command is run again after each death
+    until one gives the trial up: after 4 attempts from step 20, its run FAILED, named in
+    the closing lines, exit status 1; nothing RUNNING, no process left."""
+    hooks = Path(__file__).parent / "hooks" / "die_at_step"
+    run = Chaos(tmp_path, f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db",
+                sweep=ONE_POINT, env={"DIE_AT_STEP": "30", "DIE_GAMMA": "0.5"})  # fmt: skip
+    run.env["PYTHONPATH"] = f"{hooks}:{Path(__file__).parents[1]}"
+    reason = "given up: 4 attempts died from the checkpoint at step 20"
+    for _ in range(8):
+        ended = run.run_to_the_end()
+        assert ended.returncode == 1, log_tail(run)  # a worker died, or the trial given up
+        if reason in log_tail(run, 1500):
+            break
+    closing = log_tail(run, 1500)
+    assert f"FAILED gamma=0.5 seed=0: {reason}" in closing, closing
+    assert "1 trial(s) failed (listed above); exit status 1" in closing
+    trials = study_of(run).get_trials()
+    assert [t.state for t in trials].count(TrialState.RUNNING) == 0
+    assert trials[-1].user_attrs["reason"] == reason
+    child = only_child_run(run)
+    assert child.info.status == "FAILED" and child.data.tags["given_up"] == reason
+    assert all(group_pids(pgid) == [] for pgid in run.pgids)
+
+
+def only_child_run(run: Chaos):
+    """The study's one trial run (a one-point sweep)."""
+    client = mlflow.MlflowClient(run.tracking_uri)
+    experiment = client.get_experiment_by_name(run.name).experiment_id
+    [child] = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" in r.data.tags]
+    return child
+
+
+def study_of(run: Chaos) -> optuna.Study:
+    return optuna.load_study(study_name=run.name, storage=run.storage)
