@@ -74,8 +74,10 @@ def check(
     for pgid in run.pgids:
         assert group_pids(pgid) == [], f"process group {pgid} left processes behind"
     print(f"chaos: {len(run.kills)} kills ({', '.join(run.kills)}), "
-          f"{sum(run.hits.values())} hit a training run, {len(trials)} trials, "
-          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+          f"{sum(run.hits.values())} hit a training run, "
+          f"{sum(1 for n in run.hits.values() if n >= 4)} point(s) hit 4+ times "
+          f"(most: {max(run.hits.values(), default=0)}), {len(children)} runs, "
+          f"{len(trials)} trials, {time.monotonic() - started:.0f} s")  # fmt: skip
 
 
 def log_tail(run: Chaos, characters: int = 3000) -> str:
