@@ -22,7 +22,7 @@ from studies.collapse import (
     near_collapse_signs,
     ssim_share,
 )
-from studies.fleet.queue import failed_for_good, is_continued, point_of
+from studies.fleet.queue import continued_numbers, failed_for_good, point_of
 from studies.hints import next_steps
 from studies.records import best_trials
 from studies.schema import FINAL_ATTR, REASON_ATTR, RUN_ID_ATTR
@@ -101,20 +101,21 @@ class StudyProgress:
 
     def update(self, study: optuna.Study) -> None:
         trials = study.get_trials(deepcopy=False)
+        continued = continued_numbers(trials)  # once a poll: the bar redraws every second
         newly_done = False
         for trial in trials:
             if trial.state in DONE_STATES and trial.number not in self.reported:
                 self.reported.add(trial.number)
                 self.finished_here += 1
                 newly_done = True
-                self._write(trial_line(self.spec, trial, is_continued(trial, trials)))
+                self._write(trial_line(self.spec, trial, trial.number in continued))
         counts = {state: 0 for state in TrialState}
         for trial in trials:
             counts[trial.state] += 1
         # Trials that are done for good: complete, pruned, or failed without a retry queued.
         logical_done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         logical_done += sum(
-            1 for t in trials if t.state == TrialState.FAIL and not is_continued(t, trials)
+            1 for t in trials if t.state == TrialState.FAIL and t.number not in continued
         )
         self.bar.n = logical_done
         postfix = (
@@ -177,7 +178,8 @@ def summary(spec: StudySpec, study: optuna.Study, seconds: float | None) -> str:
     counts = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
     ran = "nothing left to run" if seconds is None else f"{seconds:.0f} s this run"
     failed = failed_for_good(trials)
-    retried = sum(1 for t in trials if t.state == TrialState.FAIL and is_continued(t, trials))
+    continued = continued_numbers(trials)
+    retried = sum(1 for t in trials if t.state == TrialState.FAIL and t.number in continued)
     lines = [
         f"study {spec.study_name}: {len(trials) - retried} trials, "
         f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from began.tracking import MlflowTracker, find_runs, mask_url
+from studies.fleet.optuna_private import storage_of, trial_id_of
 from studies.fleet.queue import is_retry
 from studies.schema import (
     BASE_CONFIG_FILE,
@@ -98,7 +99,7 @@ def trial_tracker(spec: StudySpec, trial: optuna.Trial, parent_run_id: str) -> M
         tracker = MlflowTracker(spec.tracking_uri, run_id=earlier, run_option="trial run")
         # Renamed for the trial that now runs it, so that MLflow and Optuna agree on the
         # number; the name keeps the first trial's, which the run was created for.
-        frozen = {t.number: t for t in trial.study.get_trials(deepcopy=False)}[trial.number]
+        frozen = storage_of(trial.study).get_trial(trial_id_of(trial))
         first = frozen.system_attrs.get(FAILED_TRIAL_ATTR, trial.number)
         name = f"trial-{trial.number}" + (
             f" (first trial-{first})" if first != trial.number else ""

@@ -123,9 +123,14 @@ def retry_stale_trials(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial
     return given_up
 
 
+def continued_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """The numbers of the trials that a retry continues (queued, running or done)."""
+    return {t.system_attrs[CONTINUES_ATTR] for t in trials if CONTINUES_ATTR in t.system_attrs}
+
+
 def is_continued(trial: FrozenTrial, trials: list[FrozenTrial]) -> bool:
-    """Whether a retry continues `trial` (queued, running or done)."""
-    return any(t.system_attrs.get(CONTINUES_ATTR) == trial.number for t in trials)
+    """Whether a retry continues `trial`."""
+    return trial.number in continued_numbers(trials)
 
 
 def point_of(trial: FrozenTrial) -> dict:
@@ -137,10 +142,11 @@ def failed_for_good(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The failed trials nothing continues: no retry queued after them and no other trial
     at their point done or pending (an error, or given up after its retries). A failed
     attempt that a retry continues is an interruption, not a failure."""
+    continued = continued_numbers(trials)
     settled = [point_of(t) for t in trials if t.state != TrialState.FAIL]
     return [
         t for t in trials
-        if t.state == TrialState.FAIL and not is_continued(t, trials) and point_of(t) not in settled
+        if t.state == TrialState.FAIL and t.number not in continued and point_of(t) not in settled
     ]  # fmt: skip
 
 
