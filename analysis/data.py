@@ -25,11 +25,9 @@ from analysis.sources import (
     DEFAULT_STORAGE,
     AnalysisError,
     default_tracking_uri,
-    require_sqlite_file,
 )
-from began.errors import first_line
-from began.tracking import mask_url
 from studies import schema
+from studies.fleet.storage import StudyError, open_existing_study
 
 __all__ = ["AnalysisError", "load_history", "load_runs", "load_trials", "open_study"]
 
@@ -40,20 +38,10 @@ RUN_STATES = {"FINISHED": schema.COMPLETE, "FAILED": schema.FAIL, "KILLED": sche
 
 
 def open_study(study: str, storage: str = DEFAULT_STORAGE) -> optuna.Study:
-    require_sqlite_file(storage, "--storage")
     try:
-        names = optuna.get_all_study_names(storage)
-    except Exception as error:
-        raise AnalysisError(
-            f"--storage {mask_url(storage)}: cannot open: {first_line(error)}"
-        ) from None
-    if study not in names:
-        known = ", ".join(sorted(names)[:8]) or "none"
-        raise AnalysisError(
-            f"--study {study}: no such study in {mask_url(storage)} (studies: {known})"
-        )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=study, storage=storage)
+        return open_existing_study(study, storage)
+    except StudyError as error:
+        raise AnalysisError(str(error)) from None
 
 
 def load_trials(study: str | optuna.Study, storage: str = DEFAULT_STORAGE) -> pd.DataFrame:
@@ -80,6 +68,7 @@ def load_trials(study: str | optuna.Study, storage: str = DEFAULT_STORAGE) -> pd
         parent_run_id=study.user_attrs.get(schema.PARENT_RUN_ATTR),
         experiment=study.user_attrs.get(schema.EXPERIMENT_ATTR, study.study_name),
         params=sorted({p for t in trials for p in t.params}),
+        space=study.user_attrs.get(schema.SPACE_ATTR, ""),  # as the user gave it
     )  # fmt: skip
     return _typed(df)
 
@@ -100,8 +89,10 @@ def _trial_row(t: optuna.trial.FrozenTrial, names: list[str], latest: dict) -> l
 
 
 def _params_and_final(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    final = t.user_attrs.get(schema.FINAL_ATTR) or {}
+    final = schema.final_metrics(t.user_attrs)
     row: dict[str, Any] = dict(t.params)
+    if schema.SEED_ATTR in t.user_attrs:  # a sweep's seed: queued with its point, not searched
+        row[schema.SEED_ATTR] = t.user_attrs[schema.SEED_ATTR]
     special = (schema.FINAL_STEP, schema.FINAL_M_GLOBAL)
     row.update({f"final_{k}": v for k, v in final.items() if k not in special})
     if schema.FINAL_M_GLOBAL in final:  # the study's M_global is the mean over the last window
@@ -127,9 +118,12 @@ def load_runs(
                                   {schema.STUDY_NAME_TAG: study})  # fmt: skip
         runs = _run_frame([r for r in found if schema.PARENT_RUN_TAG in r.data.tags])
         df = trials.merge(runs, on="run_id", how="left", suffixes=("", "_run"))
-        for column in [c for c in df if c.endswith("_run")]:  # the trial's value first
+        for column in [c for c in df if c.endswith("_run")]:
             base = column.removesuffix("_run")
-            df[base] = df[base].astype(object).where(df[base].notna(), df[column])
+            # The trial's value first, but a final metric's from the run: the trial's
+            # attribute is rounded for display.
+            first, then = (column, base) if base.startswith("final_") else (base, column)
+            df[base] = df[first].astype(object).where(df[first].notna(), df[then])
             df = df.drop(columns=column)
         df.attrs = trials.attrs
     elif experiment is not None:

@@ -16,6 +16,13 @@ def _label(run: pd.Series, params: list[str]) -> str:
     return f"{trial}{values}\n{run['state']}"
 
 
+def _image_name(run: pd.Series, step: int) -> str:
+    """`t3 samples, step 1,500`: which grid, in words (MLflow's own file names hold a
+    timestamp and a hash)."""
+    trial = "" if pd.isna(run["trial"]) else f"t{int(run['trial'])} "
+    return f"{trial}samples, step {int(step):,}"
+
+
 def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -41,7 +48,7 @@ def samples(inputs: ReportInputs, size: int = 360) -> Section:
         step = int(final.loc[run["run_id"], "step"]) if found else None
         rows.append({"trial": run["trial"], "state": run["state"],
                      **{p: run.get(p) for p in params}, "step": step,
-                     "image": final.loc[run["run_id"], "path"] if found else ""})  # fmt: skip
+                     "image": _image_name(run, step) if found else ""})  # fmt: skip
         if found:
             image = _load(inputs, run["run_id"], final.loc[run["run_id"], "path"], size)
             tiles.append((image, f"{_label(run, params)} @ step {step:,}"))
@@ -77,7 +84,8 @@ def samples_over_training(inputs: ReportInputs, size: int = 300, most: int = 8) 
     title = f"{_label(run, param_columns(runs))} (run {run_id[:8]})".replace("\n", " ")
     fig = figures.montage(tiles, columns=min(4, len(tiles)), title=title) if tiles else None
     notes = [f"run {run_id}"] + ([] if tiles else ["this run logged no sample grid"])
-    table = images[["step", "path"]].reset_index(drop=True)
+    table = pd.DataFrame({"step": images["step"].to_list(),
+                          "image": [_image_name(run, s) for s in images["step"]]})  # fmt: skip
     return Section("progress", "One run over training", _PROGRESS_HELP, table, fig, notes)
 
 

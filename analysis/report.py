@@ -107,7 +107,7 @@ def header(runs: pd.DataFrame, label: str) -> dict[str, str]:
             f"{n} ({d})" for n, d in zip(attrs["objectives"], attrs["directions"], strict=False)
         )
         facts |= {"kind": attrs.get("kind", ""), "objectives": objectives,
-                  "searched": ", ".join(attrs.get("params", []))}  # fmt: skip
+                  "searched": attrs.get("space") or ", ".join(attrs.get("params", []))}  # fmt: skip
     counts = runs["state"].value_counts()
     facts["counts"] = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
     facts["generated"] = pd.Timestamp.now().strftime("%Y-%m-%d %H:%M")

@@ -28,7 +28,7 @@ from began.metrics.registry import (
 from studies.collapse import is_collapsed, near_collapse_signs
 from studies.pruning import HealthRule
 from studies.records import best_trials
-from studies.schema import OBJECTIVE_PREFIX
+from studies.schema import OBJECTIVE_PREFIX, SEED_ATTR
 
 CURVES = ["m_global", "k", "loss_d", "loss_g", "loss_real", "loss_fake"]
 
@@ -62,8 +62,13 @@ class Section:
 
 
 def param_columns(runs: pd.DataFrame) -> list[str]:
+    """The columns that tell trials apart: the searched params, and the training seed
+    where a sweep has several (queued with each point, not searched)."""
     params = [p for p in runs.attrs.get("params", []) if p in runs]
-    return params or (["gamma"] if "gamma" in runs else [])
+    params = params or (["gamma"] if "gamma" in runs else [])
+    if SEED_ATTR not in params and SEED_ATTR in runs and runs[SEED_ATTR].nunique() > 1:
+        params.append(SEED_ATTR)
+    return params
 
 
 def quality_columns(runs: pd.DataFrame) -> list[str]:
@@ -141,7 +146,9 @@ def summary(inputs: ReportInputs) -> Section:
     hist = inputs.history
     last_step = hist[hist["key"] == "m_global"].groupby("run_id")["step"].max()
     speed = hist[hist["key"] == "images_per_s"].groupby("run_id")["value"].median()
-    table = runs[["trial", "state", *param_columns(runs), *objectives, *quality[:3]]].copy()
+    params = param_columns(runs)
+    params += [SEED_ATTR] if SEED_ATTR in runs and SEED_ATTR not in params else []
+    table = runs[["trial", "state", *params, *objectives, *quality[:3]]].copy()
     table["steps"] = runs["run_id"].map(last_step).astype("Int64")
     if "steps" in runs:
         table["of_steps"] = runs["steps"].astype("Int64")
@@ -332,7 +339,7 @@ _MG_HELP = (
 
 def importance(inputs: ReportInputs, min_trials: int = 5) -> Section:
     study, runs = inputs.study, inputs.runs
-    searched = [p for p in param_columns(runs) if runs[p].nunique() > 1]
+    searched = [p for p in runs.attrs.get("params", []) if p in runs and runs[p].nunique() > 1]
     done = int((runs["state"] == "COMPLETE").sum())
     empty = pd.DataFrame(columns=["objective", "param", "importance"])
     if study is None or done < min_trials or len(searched) < 2:

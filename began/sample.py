@@ -1,7 +1,9 @@
 """Draw samples from a trained generator: `python -m began.sample --run RUN_ID --out grid.png`.
 
 The generator comes from the run's last checkpoint (or a checkpoint file), read
-with weights only. `--interpolate` draws walks between random pairs of z instead:
+with weights only, or from a logged or registered model (`--model
+models:/NAME/latest`, as `--register-best NAME` on a study registers its best).
+`--interpolate` draws walks between random pairs of z instead:
 one row per walk, linear or spherical (slerp, which keeps |z| typical of the
 uniform prior's shell).
 """
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from began.checkpoint import load_checkpoint
 from began.cli import Parser, fail, run_cli
@@ -59,6 +62,34 @@ def sample_grid(
     return G(z.reshape(-1, G.hidden).to(device))
 
 
+class LoadedGenerator(nn.Module):
+    """A generator loaded from MLflow (an exported graph) with the z size it takes."""
+
+    def __init__(self, network: nn.Module, hidden: int) -> None:
+        super().__init__()
+        self.network, self.hidden = network, hidden
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.network(z)
+
+
+def load_generator_from(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    """The generator `--run`, `--checkpoint` or `--model` names, on `device`."""
+    if args.checkpoint:
+        return load_networks(load_checkpoint(args.checkpoint), device)[0]
+    from began.tracking import MlflowTracker, check_tracking_uri, load_generator
+
+    check_tracking_uri(args.tracking_uri)
+    if args.model:
+        network, hidden = load_generator(args.tracking_uri, args.model)
+        return LoadedGenerator(network, hidden).to(device)
+    tracker = MlflowTracker(args.tracking_uri, run_id=args.run, run_option="--run")
+    path = tracker.latest_checkpoint()
+    if path is None:
+        fail(f"--run {args.run}: the run has no checkpoint")
+    return load_networks(load_checkpoint(path), device)[0]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="python -m began.sample",
@@ -68,7 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="RUN_ID", help="MLflow run whose last checkpoint to use")
     source.add_argument("--checkpoint", type=Path, help="a checkpoint file (last.pt)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for --run")
+    source.add_argument(
+        "--model", metavar="URI",
+        help="a registered generator (models:/NAME/latest, models:/NAME/2) or a logged one "
+        "(models:/MODEL_ID)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI for --run and --model"
+    )
     parser.add_argument("--num", type=int, default=64, help="images in the grid")
     parser.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write")
     parser.add_argument(
@@ -95,17 +133,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.width < 0:
         fail(f"--width: must be >= 0, got {args.width}")
     device = resolve_device(args.device)  # a wrong --device fails before any loading
-    if args.run:
-        from began.tracking import MlflowTracker, check_tracking_uri
-
-        check_tracking_uri(args.tracking_uri)
-        tracker = MlflowTracker(args.tracking_uri, run_id=args.run, run_option="--run")
-        path = tracker.latest_checkpoint()
-        if path is None:
-            fail(f"--run {args.run}: the run has no checkpoint")
-    else:
-        path = args.checkpoint
-    G, _ = load_networks(load_checkpoint(path), device)
+    G = load_generator_from(args, device)
     images = sample_grid(G, args.num, args.seed, args.interpolate, args.walk_length)
     columns = args.walk_length if args.interpolate else math.ceil(math.sqrt(len(images)))
     picture = image_grid(images, columns=columns)

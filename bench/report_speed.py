@@ -75,13 +75,13 @@ def build_store(folder: Path, trials: int, steps: int) -> str:
             client.log_image(run_id, grid, key="samples", step=step)
         client.set_terminated(run_id)
         study.add_trial(optuna.create_trial(
-            params={"gamma": gamma, "seed": seed},
-            distributions={"gamma": optuna.distributions.FloatDistribution(0.0, 1.0),
-                           "seed": optuna.distributions.IntDistribution(0, 100)},
-            value=gap, user_attrs={schema.RUN_ID_ATTR: run_id, schema.FINAL_ATTR: {
-                schema.FINAL_STEP: steps,
-                schema.FINAL_M_GLOBAL: float(series["m_global"][-500:].mean()),
-                "diversity_gap": gap}},
+            params={"gamma": gamma},
+            distributions={"gamma": optuna.distributions.FloatDistribution(0.0, 1.0)},
+            value=gap, user_attrs={schema.RUN_ID_ATTR: run_id, schema.SEED_ATTR: seed,
+                schema.FINAL_PREFIX + schema.FINAL_STEP: steps,
+                schema.FINAL_PREFIX + schema.FINAL_M_GLOBAL:
+                    float(series["m_global"][-500:].mean()),
+                schema.FINAL_PREFIX + "diversity_gap": gap},
         ))  # fmt: skip
     return name
 

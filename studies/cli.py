@@ -74,6 +74,11 @@ def build_parser(prog: str, description: str, varied: frozenset[str]) -> argpars
         "--experiment", default=None, help="MLflow experiment (default: the study name)"
     )
     study.add_argument(
+        "--register-best", metavar="NAME", default=None,
+        help="at the end, register the best trial's generator in MLflow's Model Registry as "
+        "NAME (load it with began.sample --model models:/NAME/latest)",
+    )  # fmt: skip
+    study.add_argument(
         "--objectives",
         default=None,
         help="comma-separated: m_global, fid, kid, diversity, recon, sharpness "
@@ -223,8 +228,11 @@ def study_spec(
         raise OptionError(f"--heartbeat: must be >= 1 second, got {args.heartbeat}")
     if args.max_retries < 0:
         raise OptionError(f"--max-retries: must be >= 0, got {args.max_retries}")
-    name = args.study_name or f"{command}-{config_fingerprint(cfg, set(space))}"
+    varied = set(space) | {name for point in extra.get("grid", ()) for name in point}
+    name = args.study_name or f"{command}-{config_fingerprint(cfg, varied)}"
     check_name("--study-name", name)
+    if args.register_best is not None:
+        check_name("--register-best", args.register_best)
     experiment = check_name("--experiment", args.experiment or name)
     print(preset_header(cfg, preset_chosen_by(user_overrides(args))), flush=True)
     warning = pruner_warning(args.pruner, objectives, gamma_varies="gamma" in space)
@@ -250,6 +258,7 @@ def study_spec(
         heartbeat_s=args.heartbeat,
         max_retries=args.max_retries,
         cache_dir=args.cache_dir,
+        register_best=args.register_best,
         **extra,
     )
 

@@ -77,7 +77,9 @@ def next_steps(spec: StudySpec, best_run_id: str | None) -> list[str]:
         report + "   # the report: curves, equilibrium, quality, samples",
     ]
     if best_run_id:
-        sample = f"{python()} -m began.sample --run {best_run_id} --out best.png"
+        source = (f"--model models:/{spec.register_best}/latest" if spec.register_best
+                  else f"--run {best_run_id}")  # fmt: skip
+        sample = f"{python()} -m began.sample {source} --out best.png"
         if spec.tracking_uri != absolute_sqlite(DEFAULT_TRACKING_URI):
             sample += f" --tracking-uri {as_typed_here(spec.tracking_uri)}"
         lines.append(sample + "   # 64 new faces")

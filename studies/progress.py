@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -24,46 +23,44 @@ from studies.collapse import (
 )
 from studies.fleet.queue import continued_numbers, failed_for_good, point_of
 from studies.hints import next_steps
+from studies.naming import objective_values, point_of_trial, trial_name
 from studies.records import best_trials
-from studies.schema import FINAL_ATTR, REASON_ATTR, RUN_ID_ATTR
+from studies.schema import REASON_ATTR, RUN_ID_ATTR, final_metrics
 from studies.spec import StudySpec
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def format_params(params: dict[str, Any]) -> str:
-    return " ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-    )
+def name_of(spec: StudySpec, trial: FrozenTrial) -> str:
+    """The trial's name (studies.naming), as its MLflow run is called: `t3 gamma=0.5`."""
+    return trial_name(trial.number, {**point_of(trial), **point_of_trial(trial)}, spec.named)
 
 
 def format_values(spec: StudySpec, values: list[float] | None) -> str:
-    if values is None:
-        return ""
-    return " ".join(f"{o.logged}={v:.4g}" for o, v in zip(spec.objectives, values, strict=True))
+    return objective_values([o.logged for o in spec.objectives], values)
 
 
 def collapsed(trial: FrozenTrial, threshold: float) -> bool:
-    return is_collapsed(trial.user_attrs.get(FINAL_ATTR, {}), threshold)
+    return is_collapsed(final_metrics(trial.user_attrs), threshold)
 
 
 def near_collapse(trial: FrozenTrial, threshold: float) -> list[str]:
     """The signs of near collapse (studies.collapse) of a trial not already collapsed."""
-    final = trial.user_attrs.get(FINAL_ATTR, {})
+    final = final_metrics(trial.user_attrs)
     return [] if is_collapsed(final, threshold) else near_collapse_signs(final)
 
 
 def trial_line(spec: StudySpec, trial: FrozenTrial, continued: bool = False) -> str:
-    """`trial 3 COMPLETE gamma=0.5 seed=0 | diversity_gap=0.04 | 58 s` and any warning;
+    """`t3 gamma=0.5 COMPLETE | diversity_gap=0.04 | 58 s` and any warning;
     a failed attempt that a retry continues (`continued`) reads INTERRUPTED, not FAIL."""
     seconds = ""
     if trial.datetime_start and trial.datetime_complete:
         seconds = f" | {(trial.datetime_complete - trial.datetime_start).total_seconds():.0f} s"
     state = "INTERRUPTED" if continued and trial.state == TrialState.FAIL else trial.state.name
-    parts = [f"trial {trial.number} {state} {format_params(trial.params)}"]
+    parts = [f"{name_of(spec, trial)} {state}"]
     if trial.values is not None and trial.state == TrialState.COMPLETE:
         parts.append(format_values(spec, trial.values))
-    ssim = trial.user_attrs.get(FINAL_ATTR, {}).get("diversity_ssim")
+    ssim = final_metrics(trial.user_attrs).get("diversity_ssim")
     if ssim is not None:
         parts.append(f"diversity SSIM {ssim:.3f}")
     reason = trial.user_attrs.get(REASON_ATTR)
@@ -71,7 +68,7 @@ def trial_line(spec: StudySpec, trial: FrozenTrial, continued: bool = False) -> 
         parts.append(reason)
     line = " | ".join(parts) + seconds
     if collapsed(trial, spec.health.collapse_ssim):
-        final = trial.user_attrs[FINAL_ATTR]
+        final = final_metrics(trial.user_attrs)
         line += (
             f"\n  ! COLLAPSED: diversity SSIM {final['diversity_ssim']:.3f} (real images "
             f"{final.get('diversity_ssim_real', math.nan):.3f}): the samples look alike"
@@ -189,7 +186,7 @@ def summary(spec: StudySpec, study: optuna.Study, seconds: float | None) -> str:
     ]
     for trial in failed:
         lines.append(
-            f"! trial {trial.number} FAILED {format_params(point_of(trial))}: "
+            f"! {name_of(spec, trial)} FAILED: "
             f"{trial.user_attrs.get(REASON_ATTR, 'no reason recorded')}"
         )
     if failed:
@@ -200,10 +197,10 @@ def summary(spec: StudySpec, study: optuna.Study, seconds: float | None) -> str:
     for trial in best:
         label = "best" if len(best) == 1 else "Pareto"
         lines.append(
-            f"{label}: trial {trial.number} {format_params(trial.params)} | "
+            f"{label}: {name_of(spec, trial)} | "
             f"{format_values(spec, trial.values)} | run {trial.user_attrs.get(RUN_ID_ATTR, '?')}"
         )
-        final = trial.user_attrs.get(FINAL_ATTR, {})
+        final = final_metrics(trial.user_attrs)
         if "diversity_ssim" in final:
             lines.append(f"  {diversity_verdict(final, threshold)}")
     n_collapsed = sum(1 for t in trials if collapsed(t, threshold))

@@ -28,7 +28,7 @@ from began.retry import retrying
 from began.training.interrupts import RunAbandoned
 from began.training.loop import EvalReport
 from studies.objectives import M_GLOBAL, Objective
-from studies.schema import LAST_EVALUATION_ATTR
+from studies.schema import LAST_EVALUATION_ATTR, rounded
 
 PRUNERS = ("none", "median", "hyperband")
 T = TypeVar("T")
@@ -159,7 +159,8 @@ class TrialMonitor:
 
     def _decide(self, report: EvalReport) -> str | None:
         values = {o.logged: o.value(report.m_global, report.metrics) for o in self.objectives}
-        shown = {"step": report.step, **{k: v for k, v in values.items() if math.isfinite(v)}}
+        shown = {"step": report.step, **{k: rounded(v) for k, v in values.items()
+                                         if math.isfinite(v)}}  # fmt: skip
         retrying_unless_finished(lambda: self.trial.set_user_attr(LAST_EVALUATION_ATTR, shown))
         reason = self.health.check(report)
         if reason is not None:

@@ -17,19 +17,21 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from began.tracking import MlflowTracker, find_runs, mask_url
+from began.tracking import MODEL_PREFIX_TAG, MlflowTracker, find_runs, mask_url
 from studies.fleet.optuna_private import storage_of, trial_id_of
 from studies.fleet.queue import is_retry
+from studies.naming import description, point_of_trial, trial_name
 from studies.schema import (
     BASE_CONFIG_FILE,
     BEST_PREFIX,
     BEST_RUN_TAG,
     BEST_TRIALS_MD,
     BEST_TRIALS_TAG,
+    COLLAPSE_ATTR,
     CONTINUES_ATTR,
+    DESCRIPTION_TAG,
     FAIL_REASON_TAG,
     FAILED_TRIAL_ATTR,
-    FINAL_ATTR,
     OBJECTIVE_PREFIX,
     OBJECTIVES_ATTR,
     PACK_TAG,
@@ -46,8 +48,8 @@ from studies.schema import (
     TRIALS_PREFIX,
     TRIALS_TABLE_CSV,
     TRIALS_TABLE_MD,
+    final_metrics,
 )
-from studies.space import describe_space
 from studies.spec import GRID, StudySpec
 from studies.tables import markdown_table
 
@@ -72,7 +74,7 @@ def open_parent_run(spec: StudySpec, study: optuna.Study) -> MlflowTracker:
     params: dict[str, Any] = {
         "study_name": spec.study_name,
         "storage": mask_url(spec.storage),
-        "space": describe_space(spec.space),
+        "space": spec.described,
         "objectives": ",".join(o.logged for o in spec.objectives),
         "directions": ",".join(spec.directions),
         "sampler": spec.sampler if spec.kind != GRID else "grid (queued)",
@@ -91,9 +93,15 @@ def open_parent_run(spec: StudySpec, study: optuna.Study) -> MlflowTracker:
     return parent
 
 
-def trial_tracker(spec: StudySpec, trial: optuna.Trial, parent_run_id: str) -> MlflowTracker:
-    """The trial's run: its own from an earlier attempt (a retry continues it), or a new one."""
-    tags = {STUDY_NAME_TAG: spec.study_name, TRIAL_NUMBER_TAG: str(trial.number)}
+def trial_tracker(
+    spec: StudySpec, trial: optuna.Trial, parent_run_id: str, point: dict[str, Any]
+) -> MlflowTracker:
+    """The trial's run: its own from an earlier attempt (a retry continues it), or a new
+    one, named for the trial and the `point` it trains (`studies.naming`)."""
+    name = trial_name(trial.number, point, spec.named)
+    tags = {STUDY_NAME_TAG: spec.study_name, TRIAL_NUMBER_TAG: str(trial.number),
+            DESCRIPTION_TAG: description(name, spec.study_name, objectives_text(spec)),
+            MODEL_PREFIX_TAG: f"{spec.study_name}-t{trial.number}"}  # fmt: skip
     earlier = trial.user_attrs.get(RUN_ID_ATTR) or _unrecorded_run(spec, trial)
     if earlier:
         tracker = MlflowTracker(spec.tracking_uri, run_id=earlier, run_option="trial run")
@@ -101,17 +109,21 @@ def trial_tracker(spec: StudySpec, trial: optuna.Trial, parent_run_id: str) -> M
         # number; the name keeps the first trial's, which the run was created for.
         frozen = storage_of(trial.study).get_trial(trial_id_of(trial))
         first = frozen.system_attrs.get(FAILED_TRIAL_ATTR, trial.number)
-        name = f"trial-{trial.number}" + (
-            f" (first trial-{first})" if first != trial.number else ""
-        )
+        if first != trial.number:
+            name += f" (first t{first})"
         tracker.set_tags({**tags, RETRIED_AS_TAG: str(trial.number), RUN_NAME_TAG: name})
         return tracker
     # Tagged as it is created: a kill before the trial records the run id leaves a run its
     # retry can still find (`_unrecorded_run`), not one left RUNNING for ever.
-    tracker = MlflowTracker(spec.tracking_uri, spec.experiment, f"trial-{trial.number}",
+    tracker = MlflowTracker(spec.tracking_uri, spec.experiment, name,
                             parent_run_id=parent_run_id, tags=tags)  # fmt: skip
     tracker.create()
     return tracker
+
+
+def objectives_text(spec: StudySpec) -> str:
+    """`diversity_gap (minimize)`: what a study's trials optimise, for descriptions."""
+    return ", ".join(f"{o.logged} ({o.direction})" for o in spec.objectives)
 
 
 def _unrecorded_run(spec: StudySpec, trial: optuna.Trial) -> str | None:
@@ -138,9 +150,13 @@ def record_trial_end(
     values: dict[str, float] | None,
     reason: str | None,
     step: int,
+    description: str | None = None,
 ) -> None:
-    """The trial's outcome on its run: state, objective values, and why it stopped."""
+    """The trial's outcome on its run: state, objective values, why it stopped and, when
+    given, the run's description with the outcome."""
     tags = {TRIAL_STATE_TAG: state.name}
+    if description:
+        tags[DESCRIPTION_TAG] = description
     if reason:
         tags[PRUNE_REASON_TAG if state == TrialState.PRUNED else FAIL_REASON_TAG] = reason
     tracker.set_tags(tags)
@@ -157,11 +173,11 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "trial": trial.number,
             "state": trial.state.name,
-            **{k: v for k, v in sorted(trial.params.items())},
+            **{k: v for k, v in sorted(point_of_trial(trial).items())},
         }
         for i, name in enumerate(names):
             row[name] = trial.values[i] if trial.values is not None else None
-        final = trial.user_attrs.get(FINAL_ATTR, {})
+        final = final_metrics(trial.user_attrs)
         row["diversity_ssim"] = final.get("diversity_ssim")
         row["seconds"] = (
             round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
@@ -169,7 +185,8 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
             else None
         )
         row["retry_of"] = trial.system_attrs.get(FAILED_TRIAL_ATTR) if is_retry(trial) else None
-        row["reason"] = trial.user_attrs.get(REASON_ATTR, "")
+        # Why it stopped, else the collapse warning of a trial that completed collapsed.
+        row["reason"] = trial.user_attrs.get(REASON_ATTR) or trial.user_attrs.get(COLLAPSE_ATTR, "")
         row[RUN_ID_ATTR] = trial.user_attrs.get(RUN_ID_ATTR, "")
         rows.append(row)
     return rows

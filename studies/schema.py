@@ -12,6 +12,8 @@ Where the records live:
 
 from __future__ import annotations
 
+from typing import Any
+
 from optuna.trial import TrialState
 
 from began.tracking import ERROR_TAG as ERROR_TAG
@@ -27,17 +29,40 @@ BASE_CONFIG_ATTR = "base_config"  # TrainConfig.to_dict() every trial derives fr
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment"
 KIND_ATTR = "kind"  # GRID or SEARCH (studies.spec)
+SPACE_ATTR = "space"  # what the study varies, as the user gave it: "gamma=0.3,0.5 seed=0"
 HEARTBEAT_ATTR = "heartbeat_s"  # the interval every host beats at and judges staleness by
 
 # --- Optuna: a trial's user attributes --------------------------------------------------
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run, set before training starts
 REASON_ATTR = "reason"  # why it was pruned or failed
-FINAL_ATTR = "final_metrics"  # the final evaluation: {FINAL_STEP, FINAL_M_GLOBAL, metric: value}
+# The final evaluation, one attribute per value: final_step, final_m_global (the mean
+# M_global of the last window), final_<metric> for each quality metric; read them with
+# `final_metrics`. Values are rounded to FINAL_DIGITS significant digits for display (the
+# runs' metrics hold them exactly).
+FINAL_PREFIX = "final_"
+FINAL_DIGITS = 5
+FINAL_ATTR = "final_metrics"  # older studies: all of them in one dict
+COLLAPSE_ATTR = "collapse"  # collapse or near collapse, in a line (studies.collapse)
 LAST_EVALUATION_ATTR = "last_evaluation"  # the latest evaluation, updated while it runs
 START_STEP_ATTR = "start_step"  # the checkpoint step this attempt's run started from
 GIVEN_UP_ATTR = "given_up"  # on the last attempt of a trial given up: why
+SEED_ATTR = "seed"  # a grid point's training seed (queued with the point, not searched)
 FINAL_STEP = "step"
 FINAL_M_GLOBAL = "m_global"  # the mean M_global of the last evaluation window
+
+
+def rounded(value: float) -> float:
+    """A value as a trial attribute shows it: FINAL_DIGITS significant digits."""
+    return float(f"{value:.{FINAL_DIGITS}g}")
+
+
+def final_metrics(user_attrs: dict[str, Any]) -> dict[str, float]:
+    """A trial's final evaluation {FINAL_STEP, FINAL_M_GLOBAL, metric: value}, {} when it
+    has none: from its per-value attributes, or an older study's one dict."""
+    found = {k.removeprefix(FINAL_PREFIX): v for k, v in user_attrs.items()
+             if k.startswith(FINAL_PREFIX) and isinstance(v, int | float)}  # fmt: skip
+    return found or dict(user_attrs.get(FINAL_ATTR) or {})
+
 
 # --- Optuna: a trial's system attributes (Optuna's retry bookkeeping) ---------------------
 FAILED_TRIAL_ATTR = "failed_trial"  # on a retry: the first trial of its chain
@@ -60,6 +85,7 @@ PRUNE_REASON_TAG = "prune_reason"
 FAIL_REASON_TAG = "fail_reason"
 GIVEN_UP_TAG = "given_up"  # on the run of a trial given up: why
 RUN_NAME_TAG = "mlflow.runName"  # MLflow's own: setting it renames the run
+DESCRIPTION_TAG = "mlflow.note.content"  # MLflow's own: the run's description
 RETRIED_AS_TAG = "retried_as_trial"  # the trial that continued this run after a retry
 BEST_TRIALS_TAG = "best_trials"  # on the parent run: the best trial numbers
 BEST_RUN_TAG = "best_run_id"  # on the parent run, single objective: the best trial's run

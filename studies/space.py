@@ -38,10 +38,11 @@ SEARCHABLE = frozenset(
      "lr_min", "adam_beta1", "adam_beta2", "batch_size", "seed"}
 )  # fmt: skip
 
-# The sweep's params as Optuna distributions. Fixed bounds (not the grid's values) keep
-# the study compatible when a later run of the same study adds gammas or seeds.
+# The sweep's one searched param as an Optuna distribution. Fixed bounds (not the grid's
+# values) keep the study compatible when a later run of the same study adds gammas. The
+# seed is no dimension: it is queued with each point and kept as a trial attribute, so
+# Optuna's importance, contour and rank plots show gamma alone.
 GAMMA_DISTRIBUTION = FloatDistribution(1e-6, 1.0)
-SEED_DISTRIBUTION = IntDistribution(0, 2**31 - 1)
 
 
 class SpaceError(ValueError):
@@ -235,4 +236,15 @@ def suggest(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> dict[str
 
 
 def grid_space() -> dict[str, BaseDistribution]:
-    return {"gamma": GAMMA_DISTRIBUTION, "seed": SEED_DISTRIBUTION}
+    """What Optuna is told a sweep searches: gamma (each point's seed is queued with it)."""
+    return {"gamma": GAMMA_DISTRIBUTION}
+
+
+def describe_grid(points: Sequence[dict[str, Any]]) -> str:
+    """The grid as the user gave it: `gamma=0.3,0.5,0.7 seed=0,1`."""
+    values: dict[str, list[Any]] = {}
+    for point in points:
+        for name, value in point.items():
+            if value not in values.setdefault(name, []):
+                values[name].append(value)
+    return " ".join(f"{name}={','.join(str(v) for v in vs)}" for name, vs in values.items())

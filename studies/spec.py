@@ -16,6 +16,7 @@ from optuna.distributions import BaseDistribution
 from began.config import TrainConfig
 from studies.objectives import Objective
 from studies.pruning import HealthRule
+from studies.space import describe_grid, describe_space
 
 GRID, SEARCH = "grid", "search"
 # Config fields a rerun of a study may change: where and how fast it runs, and the name of
@@ -47,10 +48,33 @@ class StudySpec:
     max_retries: int = 3  # retries of a trial whose attempts die from one checkpoint
     pack: int = 1  # trials a worker trains at once, as one model when they share a shape
     cache_dir: str | None = None
+    register_best: str | None = None  # the registered model the best generator goes to
 
     @property
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
+
+    @property
+    def varied(self) -> set[str]:
+        """The config fields that differ between trials: the space's and the grid's."""
+        return set(self.space) | {name for point in self.grid for name in point}
+
+    @property
+    def named(self) -> list[str]:
+        """What a trial's name shows (studies.naming): the searched params, or the grid's
+        fields whose values differ between points (gamma, and the seed when several)."""
+        if self.kind != GRID:
+            return list(self.space)
+        values: dict[str, set] = {}
+        for point in self.grid:
+            for name, value in point.items():
+                values.setdefault(name, set()).add(value)
+        return [n for n, vs in values.items() if len(vs) > 1 or n in self.space]
+
+    @property
+    def described(self) -> str:
+        """What the study varies as the user gave it: the grid's values or the ranges."""
+        return describe_grid(self.grid) if self.kind == GRID else describe_space(self.space)
 
     @property
     def total_trials(self) -> int | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -21,15 +22,18 @@ from began.tracking import MlflowTracker
 from began.training.interrupts import StopFlag
 from began.training.loop import DataCache, OpenRun, TrainingDiverged, TrainResult, open_run
 from studies.collapse import collapse_warning
+from studies.naming import description, objective_values, trial_name
 from studies.pruning import TrialMonitor, retrying_unless_finished
-from studies.records import trial_tracker
+from studies.records import objectives_text, trial_tracker
 from studies.schema import (
+    COLLAPSE_ATTR,
     COLLAPSE_WARNING_TAG,
-    FINAL_ATTR,
     FINAL_M_GLOBAL,
+    FINAL_PREFIX,
     FINAL_STEP,
     RUN_ID_ATTR,
     START_STEP_ATTR,
+    rounded,
 )
 from studies.space import suggest
 from studies.spec import StudySpec
@@ -42,6 +46,7 @@ class StartedTrial:
     trial: optuna.Trial
     cfg: TrainConfig
     tracker: MlflowTracker
+    name: str  # studies.naming: "t3 gamma=0.5"
     flag: StopFlag = field(default_factory=StopFlag)  # abandon: another worker took it over
     run: OpenRun | None = None
     result: TrainResult | None = None
@@ -54,6 +59,7 @@ class TrialOutcome:
     values: list[float] | None  # the objectives, in order (COMPLETE only)
     reason: str | None = None  # why it was pruned
     step: int = 0
+    description: str | None = None  # the run's description, with the outcome
 
 
 def start_trial(
@@ -63,13 +69,20 @@ def start_trial(
     parent_run_id: str,
     data: DataCache,
     signals: StopFlag | None = None,
+    fixed: dict[str, Any] | None = None,
 ) -> StartedTrial:
+    """Open the trial's run. `fixed`: params it was queued with that Optuna does not
+    search (a grid point's seed); each is kept as a trial attribute of its own name."""
     params = suggest(trial, spec.space)  # a queued grid point, a retry's params, or sampled
-    cfg = replace(spec.base_config, **params, device=device)
-    tracker = trial_tracker(spec, trial, parent_run_id)  # a new child run, or the one retried
+    for name, value in (fixed or {}).items():
+        if trial.user_attrs.get(name) != value:
+            retrying_unless_finished(lambda n=name, v=value: trial.set_user_attr(n, v))
+    point = {**params, **(fixed or {})}
+    cfg = replace(spec.base_config, **point, device=device)
+    tracker = trial_tracker(spec, trial, parent_run_id, point)  # new, or the one retried
     # Before training: a retry of this trial finds its run by this attribute.
     retrying_unless_finished(lambda: trial.set_user_attr(RUN_ID_ATTR, tracker.run_id))
-    started = StartedTrial(trial, cfg, tracker)
+    started = StartedTrial(trial, cfg, tracker, trial_name(trial.number, point, spec.named))
     monitor = TrialMonitor(trial, list(spec.objectives), spec.health)
     opened = open_run(
         cfg, tracker, should_stop=monitor, cache_dir=spec.cache_dir,
@@ -97,17 +110,33 @@ def trial_outcome(
     if isinstance(ended, BaseException):
         raise ended
     final = _final_metrics(ended)
-    retrying_unless_finished(lambda: trial.set_user_attr(FINAL_ATTR, final))
+    # One attribute per metric (a line each in optuna-dashboard), the step last: a trial
+    # with `final_step` has them all.
+    for name, value in sorted(final.items(), key=lambda item: item[0] == FINAL_STEP):
+        shown = value if name == FINAL_STEP else rounded(value)
+        retrying_unless_finished(lambda n=name, v=shown: trial.set_user_attr(FINAL_PREFIX + n, v))
     warning = collapse_warning(final, spec.health.collapse_ssim)
-    if warning:  # on the run, where mlflow ui and the report show it
+    if (
+        warning
+    ):  # on the trial and its run, where optuna-dashboard, mlflow ui and the report show it
+        retrying_unless_finished(lambda: trial.set_user_attr(COLLAPSE_ATTR, warning))
         tracker.set_tags({COLLAPSE_WARNING_TAG: warning})
+
+    names = [o.logged for o in spec.objectives]
+
+    def outcome(state: TrialState, values=None, reason=None, step=ended.step) -> TrialOutcome:
+        said = state.name + (f" {objective_values(names, values)}" if values else "")
+        said += f" ({reason})" if reason else ""
+        about = description(started.name, spec.study_name, objectives_text(spec), said, warning)
+        return TrialOutcome(tracker, state, values, reason, step, about)
+
     if ended.stopped_early:
-        return TrialOutcome(tracker, TrialState.PRUNED, None, ended.stop_reason, ended.step)
+        return outcome(TrialState.PRUNED, reason=ended.stop_reason)
     values = [o.value(ended.final.m_global, ended.final.metrics) for o in spec.objectives]
     if not all(math.isfinite(v) for v in values):
         named = ", ".join(f"{o.logged}={v}" for o, v in zip(spec.objectives, values, strict=True))
-        return TrialOutcome(tracker, TrialState.PRUNED, None, f"objective not finite: {named}")
-    return TrialOutcome(tracker, TrialState.COMPLETE, values, None, ended.step)
+        return outcome(TrialState.PRUNED, reason=f"objective not finite: {named}", step=0)
+    return outcome(TrialState.COMPLETE, values)
 
 
 def _final_metrics(result: TrainResult) -> dict[str, float]:

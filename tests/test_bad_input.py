@@ -54,7 +54,7 @@ CASES = [
     (sample.main, ["--run", "abc", "--device", "tpu"], "--device: "),
     (sample.main, ["--checkpoint", "/no/last.pt"], "/no/last.pt: checkpoint file not found"),
     (sample.main, ["--run", "abc", "--tracking-uri", UNREACHABLE], "--tracking-uri "),
-    (sample.main, ["--num", "4"], "one of the arguments --run --checkpoint is required"),
+    (sample.main, ["--num", "4"], "one of the arguments --run --checkpoint --model is required"),
     # began.evaluate
     (evaluate.main, ["--run", "abc", "--metrics", "nonsense"], "--metrics: "),
     (evaluate.main, ["--run", "abc", "--num-samples", "1"], "--num-samples: "),

@@ -44,7 +44,7 @@ def unbroken(tmp_path_factory) -> dict[tuple[float, int], float]:
     run = Chaos(folder, f"sqlite:///{folder}/optuna.db", f"sqlite:///{folder}/mlflow.db")
     assert run.run_to_the_end().returncode == 0, (folder / "sweep.log").read_text()[-3000:]
     study = optuna.load_study(study_name=run.name, storage=run.storage)
-    return {(t.params["gamma"], t.params["seed"]): t.values[0] for t in study.trials}
+    return {(t.params["gamma"], t.user_attrs["seed"]): t.values[0] for t in study.trials}
 
 
 def check(
@@ -54,7 +54,7 @@ def check(
     left = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert not left, (left, run.kills, log_tail(run))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    points = sorted((t.params["gamma"], t.params["seed"]) for t in complete)
+    points = sorted((t.params["gamma"], t.user_attrs["seed"]) for t in complete)
     assert points == sorted(POINTS), ("every point COMPLETE exactly once", log_tail(run))
     client = mlflow.MlflowClient(run.tracking_uri)
     experiment = client.get_experiment_by_name(run.name).experiment_id
@@ -69,7 +69,7 @@ def check(
         resumed = int(child.data.tags.get("resume_count", "0"))
         assert resumed == run.hits[child.info.run_id], (child.info.run_id, run.kills, log_tail(run))
         trial = by_run[child.info.run_id]
-        expected = unbroken[(trial.params["gamma"], trial.params["seed"])]
+        expected = unbroken[(trial.params["gamma"], trial.user_attrs["seed"])]
         assert trial.values[0] == pytest.approx(expected, rel=rel), "differs from unbroken"
     for pgid in run.pgids:
         assert group_pids(pgid) == [], f"process group {pgid} left processes behind"

@@ -94,7 +94,7 @@ def test_two_hosts_share_one_study_on_postgres_and_an_mlflow_server(servers, tmp
         for t in trials
         if t.state.name != "COMPLETE"
     ]
-    assert len({(t.params["gamma"], t.params["seed"]) for t in trials}) == 8  # each point once
+    assert len({(t.params["gamma"], t.user_attrs["seed"]) for t in trials}) == 8  # each point once
     client, [parent], children = study_runs(servers, "shared")
     assert sorted(r.info.run_id for r in children) == sorted(
         t.user_attrs["mlflow_run_id"] for t in trials
@@ -302,7 +302,7 @@ def test_load_eight_workers_on_one_postgres_study(servers, tmp_path):
     assert "Traceback" not in output, output
     trials = study_trials(servers, "load")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 16
-    assert len({(t.params["gamma"], t.params["seed"]) for t in trials}) == 16
+    assert len({(t.params["gamma"], t.user_attrs["seed"]) for t in trials}) == 16
     _, [parent], children = study_runs(servers, "load")
     assert len(children) == 16 and {r.info.status for r in children} == {"FINISHED"}
     durations = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)

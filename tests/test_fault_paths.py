@@ -122,11 +122,11 @@ class DiesLoggingModels(MemoryTracker):
         super().__init__(root)
         self.dying = True
 
-    def log_models(self, G, D, cfg):
+    def log_models(self, G, D, cfg, step, metrics):
         if self.dying:
             self.dying = False
             raise Killed
-        super().log_models(G, D, cfg)
+        super().log_models(G, D, cfg, step, metrics)
 
 
 def test_a_run_that_died_while_logging_its_models_is_finished_by_its_retry(tmp_path):

@@ -17,7 +17,7 @@ from studies.collapse import collapse_warning, near_collapse_signs, ssim_share
 from studies.objectives import Objective
 from studies.progress import diversity_verdict, trial_line
 from studies.pruning import HealthRule
-from studies.schema import FINAL_ATTR
+from studies.schema import FINAL_ATTR, FINAL_PREFIX, final_metrics
 
 DEMO_03 = {"diversity_ssim": 0.858, "diversity_ssim_real": 0.241}  # the demo's gamma 0.3 trial
 DEMO_05 = {"diversity_ssim": 0.610, "diversity_ssim_real": 0.241}  # ... and gamma 0.5
@@ -51,16 +51,23 @@ def finished_trial(final: dict[str, float], value: float) -> optuna.trial.Frozen
     gamma = optuna.distributions.FloatDistribution(0, 1)
     return optuna.trial.create_trial(
         params={"gamma": 0.3}, distributions={"gamma": gamma}, value=value,
-        user_attrs={FINAL_ATTR: final},
+        user_attrs={FINAL_PREFIX + name: value for name, value in final.items()},
     )  # fmt: skip
+
+
+def test_final_metrics_read_the_same_from_attributes_or_an_older_studys_dict() -> None:
+    per_value = finished_trial(DEMO_03, 0.6174).user_attrs
+    assert final_metrics(per_value) == DEMO_03
+    assert final_metrics({FINAL_ATTR: DEMO_03}) == DEMO_03  # a study written before
+    assert final_metrics({}) == {}
 
 
 def test_the_trial_line_and_the_verdict_say_near_collapse_and_what_it_means() -> None:
     spec = SimpleNamespace(objectives=[Objective("diversity", "diversity_gap", "minimize")],
-                           health=HealthRule())  # fmt: skip
+                           health=HealthRule(), named=["gamma"])  # fmt: skip
     line = trial_line(spec, finished_trial(DEMO_03, 0.6174))
     first, flag, meaning = line.splitlines()
-    assert first.startswith("trial -1 COMPLETE gamma=0.3 | diversity_gap=0.6174 | diversity SSIM")
+    assert first.startswith("t-1 gamma=0.3 COMPLETE | diversity_gap=0.6174 | diversity SSIM")
     assert flag == "  ! NEAR COLLAPSE: diversity SSIM 0.858 vs 0.241 for real images, 81% of the " \
                    "way to identical samples"  # fmt: skip
     assert meaning.strip().startswith("the generator repeats a few faces (near mode collapse)")

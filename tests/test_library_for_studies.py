@@ -23,6 +23,7 @@ from began.metrics import metric_direction, objective_names, parse_metrics
 from began.retry import RETRY_WAITS_S
 from began.tracking import MlflowTracker, TrackingError, with_retries
 from began.tracking.memory_tracker import MemoryTracker
+from began.tracking.mlflow_models import run_generator
 from began.training.images import image_grid, viewable
 from began.training.loop import STOPPED, TrainingDiverged, TrainingInterrupted, train
 from tests.test_train import TINY, InterruptingTracker, run_memory, tiny, values
@@ -112,11 +113,13 @@ def test_models_land_in_their_own_run_whatever_the_process_settings(tmp_path):
     client = mlflow.MlflowClient(uri)
     for tracker in (first, second):
         models = client.search_logged_models([tracker.experiment_id])
-        assert sorted(m.name for m in models) == ["discriminator", "generator"]
+        run_name = client.get_run(tracker.run_id).info.run_name  # "<run name>-<role>"
+        assert sorted(m.name for m in models) == [f"{run_name}-discriminator",
+                                                  f"{run_name}-generator"]  # fmt: skip
         assert {m.source_run_id for m in models} == {tracker.run_id}
     mlflow.set_tracking_uri(uri)
     try:
-        generator = mlflow.pytorch.load_model(f"runs:/{first.run_id}/generator")
+        generator = mlflow.pytorch.load_model(f"models:/{run_generator(client, first.run_id)}")
     finally:
         mlflow.set_tracking_uri(None)
     assert generator(torch.zeros(2, TINY.hidden)).shape == (2, 3, 16, 16)

@@ -13,6 +13,7 @@ from PIL import Image
 import began.training.loop as train_module
 from began import evaluate, sample
 from began.cli import run_cli
+from began.tracking.mlflow_models import run_generator
 from began.train import main
 
 EXPERIMENT = "began"
@@ -83,7 +84,8 @@ def test_train_records_a_complete_run(store, project):
     assert any("samples+step+4" in p for p in images) and any(
         "reconstructions+step+8" in p for p in images
     )
-    generator = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/generator")
+    model_id = run_generator(store, run.info.run_id)  # the run's logged generator
+    generator = mlflow.pytorch.load_model(f"models:/{model_id}")
     import torch
 
     assert generator(torch.zeros(3, 8)).shape == (3, 3, 16, 16)

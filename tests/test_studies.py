@@ -69,7 +69,7 @@ def test_grid_with_four_workers_runs_each_point_once_and_a_rerun_skips_them(in_f
     assert gamma_sweep.main(args) == 0
     done = trials(in_folder, "grid")
     assert [t.state for t in done] == [TrialState.COMPLETE] * 4
-    assert sorted((t.params["gamma"], t.params["seed"]) for t in done) == [
+    assert sorted((t.params["gamma"], t.user_attrs["seed"]) for t in done) == [
         (0.4, 0), (0.4, 1), (0.7, 0), (0.7, 1)
     ]  # fmt: skip
     client, [parent], children = child_runs(in_folder, "grid")
@@ -89,11 +89,15 @@ def test_grid_with_four_workers_runs_each_point_once_and_a_rerun_skips_them(in_f
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["trial_number"] == str(trial.number)
         assert float(run.data.params["gamma"]) == trial.params["gamma"]
-        assert int(run.data.params["seed"]) == trial.params["seed"]
+        assert int(run.data.params["seed"]) == trial.user_attrs["seed"]
         assert run.data.tags["trial_state"] == "COMPLETE" and run.info.status == "FINISHED"
         assert run.data.metrics["objective_diversity_gap"] == pytest.approx(trial.values[0])
+        # Named for what varies (two seeds here), the same in MLflow and the output.
+        name = f"t{trial.number} gamma={trial.params['gamma']} seed={trial.user_attrs['seed']}"
+        assert run.info.run_name == name
     out = capsys.readouterr().out
-    assert "best: trial" in out and "mlflow ui" in out and "optuna-dashboard" in out
+    assert f"{name} COMPLETE" in out
+    assert "best: t" in out and "mlflow ui" in out and "optuna-dashboard" in out
     # The same command again: nothing to rerun.
     assert gamma_sweep.main(args) == 0
     assert len(trials(in_folder, "grid")) == 4
@@ -262,8 +266,8 @@ def test_a_killed_worker_s_trial_finishes_from_its_checkpoint(tmp_path):
     _, [parent_run], [run] = child_runs(tmp_path, "kill")  # one MLflow run for the trial
     assert run.info.status == "FINISHED" and run.data.tags["resume_count"] == "1"
     assert run.data.tags["trial_number"] == str(retry.number)
-    assert run.info.run_name == f"trial-{retry.number} (first trial-0)"  # as Optuna numbers it
-    said = f"trial {retry.number} continues trial 0 (gamma=0.5 seed=0) from step {killed_at}"
+    assert run.info.run_name == f"t{retry.number} gamma=0.5 (first t0)"  # as Optuna numbers it
+    said = f"t{retry.number} gamma=0.5 continues t0 from step {killed_at}"
     assert f"{said}, run {run.info.run_id}" in rerun.stdout
     assert load_checkpoint(checkpoint).step == 200
     assert parent_run.info.status == "FINISHED"
@@ -293,7 +297,7 @@ def test_ctrl_c_checkpoints_queues_the_trial_and_a_rerun_continues_it(tmp_path):
     output = parent.communicate(timeout=60)[0]
     assert parent.returncode == 130, output
     assert "run the same command again" in output
-    assert "trial 0 INTERRUPTED gamma=0.5 seed=0 | interrupted (stop signal)" in output
+    assert "t0 gamma=0.5 INTERRUPTED | interrupted (stop signal)" in output
     assert "0 failed, 1 attempts interrupted and continued" in output
     [stopped, queued] = trials(tmp_path, "stop")
     assert stopped.state == TrialState.FAIL and "interrupted" in stopped.user_attrs["reason"]
@@ -307,7 +311,7 @@ def test_ctrl_c_checkpoints_queues_the_trial_and_a_rerun_continues_it(tmp_path):
                            timeout=300)  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert [t.state for t in trials(tmp_path, "stop")] == [TrialState.FAIL, TrialState.COMPLETE]
-    assert f"trial 1 continues trial 0 (gamma=0.5 seed=0) from step {stopped_at}" in rerun.stdout
+    assert f"t1 gamma=0.5 continues t0 from step {stopped_at}" in rerun.stdout
     assert "1 trials, 1 complete, 0 pruned, 0 failed, 1 attempts" in rerun.stdout
     assert "reason" not in trials(tmp_path, "stop")[1].user_attrs  # no stale "interrupted"
     _, [parent_run], [run] = child_runs(tmp_path, "stop")
@@ -316,7 +320,7 @@ def test_ctrl_c_checkpoints_queues_the_trial_and_a_rerun_continues_it(tmp_path):
     assert parent_run.info.status == "FINISHED"
 
 
-SAMPLE_GRIDS = "mlruns/*/*/artifacts/images/*"
+SAMPLE_GRIDS = "mlruns/*/*/artifacts/images/samples+step+25+*"  # the first after step 0
 
 
 def running_with_run_id(folder, name):

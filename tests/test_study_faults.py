@@ -272,7 +272,7 @@ def test_kills_that_advance_the_run_are_retried_for_ever_and_kills_that_do_not_g
     assert ended.info.status == FAILED and ended.data.tags["given_up"] == reason
     assert failed_for_good(trials) == [last]
     closing = summary(spec, load_study(spec), 1.0)
-    assert f"! trial {last.number} FAILED gamma=0.5 seed=0: {reason}" in closing
+    assert f"! t{last.number} gamma=0.5 FAILED: {reason}" in closing
     assert "1 failed, 8 attempts interrupted and continued" in closing
     # The same command again: the point continues its one run, with fresh retries.
     again = prepare_study(spec)

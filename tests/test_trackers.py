@@ -52,7 +52,7 @@ def uploads(monkeypatch):
     """The models MlflowTracker uploads, by name: the upload itself (seconds) is left out;
     what the run records about it (the models tag) is not."""
     names: list[str] = []
-    monkeypatch.setattr(mlflow_tracker, "_log_torch_model", lambda *args: names.append(args[4]))
+    monkeypatch.setattr(mlflow_tracker, "log_model", lambda *args: names.append(args[4]))
     return names
 
 
@@ -82,7 +82,7 @@ def play(tracker, learner, end: str, error: str | None) -> tuple[str, list]:
     said.append(tracker.status)
     tracker.log_metrics({"m_global": 0.0625}, 4)
     tracker.log_metrics({"m_global": 0.03125}, 4)  # the same step twice: both are kept
-    tracker.log_models(learner.G, learner.D, CFG)
+    tracker.log_models(learner.G, learner.D, CFG, 4, {"m_global_mean": 0.25})
     said.append(tracker.has_models())
     tracker.finish(end, error=error)
     said.append(tracker.status)

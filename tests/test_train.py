@@ -76,6 +76,8 @@ def test_grids_checkpoints_and_models_are_recorded(tmp_path):
     tracker, _ = run_memory(tmp_path)
     keys = [(key, step) for key, step, _ in tracker.images]
     assert keys == [
+        ("samples", 0),  # what training starts from: `mlflow ui`'s image cards open on it
+        ("reconstructions", 0),
         ("samples", 6),
         ("reconstructions", 6),
         ("samples", 12),

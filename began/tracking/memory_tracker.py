@@ -42,6 +42,8 @@ class MemoryTracker:
         self.images: list[tuple[str, int, np.ndarray]] = []
         self.texts: dict[str, str] = {}
         self.models_logged = 0  # how many times log_models was called
+        self.model_records: list[tuple[int, dict[str, float]]] = []  # (step, metrics) each time
+        self.datasets: list[dict[str, Any]] = []
         self._status: str | None = RUNNING if run_id else None
         self.error: str | None = None
         self.starts: list[bool] = []  # the `resumed` flag of every start
@@ -96,8 +98,14 @@ class MemoryTracker:
         path = self.checkpoint_dir() / CHECKPOINT_NAME
         return path if path.is_file() else None
 
-    def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None:
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        self.datasets.append({"name": name, "digest": digest, "source": source, **profile})
+
+    def log_models(
+        self, G: nn.Module, D: nn.Module, cfg: TrainConfig, step: int, metrics: dict[str, float]
+    ) -> None:
         self.models_logged += 1
+        self.model_records.append((step, dict(metrics)))
         self.tags[MODELS_TAG] = "true"
 
     def has_models(self) -> bool:

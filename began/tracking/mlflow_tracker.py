@@ -9,17 +9,14 @@ otherwise).
 
 from __future__ import annotations
 
-import copy
+import json
 import os
-import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from began.checkpoint import CHECKPOINT_NAME
@@ -27,6 +24,13 @@ from began.config import TrainConfig
 from began.errors import TrackingError, first_line
 from began.retry import retrying
 from began.tracking.background_writer import BackgroundWriter
+from began.tracking.mlflow_models import (
+    DISCRIMINATOR,
+    GENERATOR,
+    MODEL_PREFIX_TAG,
+    ModelRecord,
+    log_model,
+)
 from began.tracking.protocol import (
     DEFAULT_EXPERIMENT,
     ERROR_TAG,
@@ -43,6 +47,9 @@ from began.tracking.protocol import (
 from began.tracking.remote_checkpoints import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
 from began.tracking.remote_checkpoints import RemoteCheckpoints
 from began.tracking.urls import local_path, mask_url
+
+MAX_DIGEST_LENGTH = 36  # MLflow's datasets table
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's own: what the data was used for
 
 
 class MlflowTracker:
@@ -78,6 +85,7 @@ class MlflowTracker:
         self.run_id = ""  # a new run is created by create(), before the data loads
         self.experiment_id = ""
         self.artifact_dir: Path | None = None
+        self._dataset: tuple[str, str] | None = None  # (name, digest) once logged
         if run_id is not None:
             try:
                 self._attach(self.client.get_run(run_id))
@@ -211,16 +219,38 @@ class MlflowTracker:
             return None
         return self._remote.latest()
 
-    def log_models(self, G: nn.Module, D: nn.Module, cfg: TrainConfig) -> None:
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        """The run's training data as an MLflow dataset input: the runs table's Dataset
+        column and the run's Datasets panel show it, `search_runs` finds runs by it."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        source_type = "builtin" if source.startswith("builtin:") else "local"
+        dataset = Dataset(
+            name=name, digest=digest[:MAX_DIGEST_LENGTH], source_type=source_type,
+            source=json.dumps({"uri": source}), profile=json.dumps(profile),
+        )  # fmt: skip
+        used_for = DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, "training")])
+        with_retries(
+            lambda: self.client.log_inputs(self.run_id, datasets=[used_for]),
+            f"logging the dataset of run {self.run_id}",
+        )
+        self._dataset = (name, dataset.digest)
+
+    def log_models(
+        self, G: nn.Module, D: nn.Module, cfg: TrainConfig, step: int, metrics: dict[str, float]
+    ) -> None:
+        """G and D as logged models named for the run (`mlflow_models`), at `step`, with
+        `metrics` (the final evaluation) linked to them."""
         self._writer.close()  # everything queued is written before the slow model upload
-        image = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
-        for model, name, example in ((G, "generator", torch.zeros(2, cfg.hidden)),
-                                     (D, "discriminator", image)):  # fmt: skip
+        run = with_retries(lambda: self.client.get_run(self.run_id), f"reading run {self.run_id}")
+        prefix = run.data.tags.get(MODEL_PREFIX_TAG) or run.info.run_name or self.run_id
+        record = ModelRecord(prefix, step, metrics, self._dataset)
+        for model, role in ((G, GENERATOR), (D, DISCRIMINATOR)):
             with_retries(
-                lambda model=model, name=name, example=example: _log_torch_model(
-                    self.client, self.experiment_id, self.run_id, model, name, example
+                lambda model=model, role=role: log_model(
+                    self.client, self.experiment_id, self.run_id, model, role, cfg, record
                 ),
-                f"logging the {name} model",
+                f"logging the {role} model",
             )
         self._writer = BackgroundWriter(self._write)
         self.set_tags({MODELS_TAG: "true"})
@@ -300,39 +330,3 @@ def with_retries(action: Callable[[], Any], what: str) -> Any:
         raise
     except Exception as error:
         raise TrackingError(f"tracking store: {what} failed: {first_line(error)}") from error
-
-
-def _log_torch_model(
-    client: Any, experiment_id: str, run_id: str, model: nn.Module, name: str,
-    example: torch.Tensor,
-) -> None:  # fmt: skip
-    """Log `model` as the run's logged model `name` through this client alone.
-
-    mlflow.pytorch.log_model reads the tracking URI and experiment from process-wide
-    settings (mlflow.set_tracking_uri, set_experiment), so two runs in one process,
-    or a caller that set them, could send the model elsewhere. Saving locally and
-    uploading through the run's own client cannot be redirected.
-    """
-    import mlflow.pytorch
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-
-    model = copy.deepcopy(model).cpu().eval()  # a copy: the caller's model stays where it is
-    logged = client.create_logged_model(
-        experiment_id, name=name, source_run_id=run_id, model_type="pytorch"
-    )
-    with tempfile.TemporaryDirectory(prefix="began-model-") as folder:
-        path = Path(folder) / name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mlflow.pytorch.save_model(
-                model,
-                str(path),
-                serialization_format="pt2",
-                # Explicit requirements: inferring them imports the world and takes seconds.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                code_paths=[str(Path(__file__).parents[1])],  # the began package,
-                input_example=example.numpy(),
-            )
-        client.log_model_artifacts(logged.model_id, str(path))
-    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 
@@ -21,14 +21,37 @@ def image_grid(images: torch.Tensor, columns: int = 8, padding: int = 2) -> np.n
     return grid.permute(1, 2, 0).numpy()  # (H, W, 3)
 
 
+RECONSTRUCTION_LABELS = ("x", "D(x)")
+
+
 def reconstruction_grid(
-    real: torch.Tensor, reconstruction: torch.Tensor, columns: int = 8
+    real: torch.Tensor, reconstruction: torch.Tensor, columns: int = 8, padding: int = 2
 ) -> np.ndarray:
-    """Rows alternate: real images x, then their reconstructions D(x) right below."""
+    """Rows alternate: real images x, then their reconstructions D(x) right below, each
+    row labelled on the left."""
     rows = []
     for start in range(0, real.shape[0], columns):
         rows += [real[start : start + columns], reconstruction[start : start + columns]]
-    return image_grid(torch.cat(rows), columns=columns)
+    grid = image_grid(torch.cat(rows), columns=columns, padding=padding)
+    return label_rows(grid, RECONSTRUCTION_LABELS, real.shape[-2] + padding, padding)
+
+
+def label_rows(
+    picture: np.ndarray, labels: tuple[str, ...], row_height: int, padding: int
+) -> np.ndarray:
+    """A margin on the left of `picture` naming its rows, `labels` in turn, in light grey
+    on black (the grid's padding colour). Drawn at the grid's own resolution: `viewable`
+    then upscales the letters with the images."""
+    font = ImageFont.load_default()  # a bitmap or a FreeType font, by Pillow version
+    boxes = [font.getbbox(label) for label in labels]  # (left, top, right, bottom)
+    margin = Image.new("RGB", (max(b[2] for b in boxes) + 2 * padding + 2, picture.shape[0]))
+    draw = ImageDraw.Draw(margin)
+    for row in range(picture.shape[0] // row_height):
+        label, box = labels[row % len(labels)], boxes[row % len(labels)]
+        centre = padding + row * row_height + (row_height - padding) // 2
+        top = centre - (box[1] + box[3]) // 2  # the letters' middle on the row's middle
+        draw.text((padding + 1, top), label, fill=(200, 200, 200), font=font)
+    return np.concatenate([np.asarray(margin), picture], axis=1)
 
 
 VIEW_WIDTH = 1024  # px: a logged grid is upscaled to about this width

@@ -32,7 +32,7 @@ from began.data import BatchSampler, ImageSet, load_images, split_holdout
 from began.tracking import FAILED, FINISHED, KILLED, RUNNING, Tracker
 from began.training.interrupts import RunAbandoned, StopFlag, deferred_interrupts
 from began.training.learner import Learner, build_learner, resolve_device, restore
-from began.training.provenance import run_tags
+from began.training.provenance import dataset_input, run_tags
 from began.training.recorder import (
     STOPPED,
     EvalReport,
@@ -188,6 +188,9 @@ def open_run(
             recorder.close()
             raise TrainingInterrupted(f"stopped before run {tracker.run_id} started")
         tracker.start(cfg, run_tags(cfg, dataset, device), resumed=checkpoint is not None)
+        tracker.log_dataset(**dataset_input(cfg, dataset))
+        if learner.state.step == 0:
+            recorder.log_grids()  # what training starts from, and a grid for the UI at once
     except BaseException as error:
         recorder.close()
         quiet_stop = isinstance(error, RunAbandoned | TrainingInterrupted)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -89,3 +90,25 @@ def run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict[
     if not cfg.data:
         tags["dataset_note"] = BUILTIN_NOTE
     return tags
+
+
+def dataset_input(cfg: TrainConfig, dataset: ImageSet) -> dict[str, Any]:
+    """The run's training data as `Tracker.log_dataset` records it: a name a person reads
+    (the folder, the size and the crop), the fingerprint as digest (runs on the same
+    pixels share it), the source, and the counts."""
+    builtin = dataset.source.startswith("builtin:")
+    folder = "built-in faces" if builtin else Path(dataset.source).name
+    crop = "" if builtin else f", crop {cfg.crop}"
+    held = holdout_count(cfg.holdout, dataset.kept)
+    return {
+        "name": f"{folder} {cfg.image_size}x{cfg.image_size}{crop}",
+        "digest": dataset.fingerprint,
+        "source": dataset.source,
+        "profile": {
+            "images": dataset.kept,
+            "training_images": dataset.kept - held,
+            "heldout_images": held,
+            "image_size": cfg.image_size,
+            "grayscale_kept": dataset.grayscale_kept,
+        },  # fmt: skip
+    }

@@ -174,7 +174,7 @@ class RunRecorder:
             if self.stop_reason is not None:
                 return self.stop_reason  # `finish` records the rest of this step
         if step % cfg.sample_every == 0:
-            self._log_grids()
+            self.log_grids()
         if step % cfg.checkpoint_every == 0:
             self.save_checkpoint()
         return None
@@ -198,13 +198,15 @@ class RunRecorder:
         is already there (the evaluation, the models) is not done twice.
         """
         step, stop_reason = self.learner.state.step, self.stop_reason
-        self._log_grids()
+        self.log_grids()
         if self.last_eval is None or self.last_eval.step != step:
             self._evaluate()
         self.save_checkpoint()
         wants_models = stop_reason is None or self.log_models_when_stopped
         if wants_models and not self.tracker.has_models():
-            self.tracker.log_models(self.learner.G, self.learner.D, self.cfg)
+            assert self.last_eval is not None
+            final = {"m_global_mean": self.last_eval.m_global, **self.last_eval.metrics}
+            self.tracker.log_models(self.learner.G, self.learner.D, self.cfg, step, final)
         if stop_reason is not None:
             self.tracker.set_tags({STOP_REASON_TAG: stop_reason})
         self.tracker.finish(FINISHED)
@@ -237,7 +239,10 @@ class RunRecorder:
         self.progress.update(step - self.progress.n)
 
     @torch.no_grad()
-    def _log_grids(self) -> None:
+    def log_grids(self) -> None:
+        """The sample grid (fixed z) and the reconstruction grid (rows labelled x, D(x))
+        at the current step; at step 0 too, so that `mlflow ui`'s image cards, which
+        open on the first step, show a grid at once."""
         learner, step = self.learner, self.learner.state.step
         self.tracker.log_image("samples", viewable(image_grid(learner.G(learner.fixed_z))), step)
         real = self.heldout if len(self.heldout) else torch.from_numpy(self.dataset.images)

@@ -138,6 +138,13 @@ def point_of(trial: FrozenTrial) -> dict:
     return trial.system_attrs.get(FIXED_PARAMS_ATTR, trial.params)
 
 
+def fixed_params(trial: optuna.Trial, spec: StudySpec) -> dict:
+    """The params `trial` was queued with that are no dimension of the study's space (a
+    grid point's seed): Optuna never sees them as searched."""
+    queued = point_of(storage_of(trial.study).get_trial(trial_id_of(trial)))
+    return {name: value for name, value in queued.items() if name not in spec.space}
+
+
 def failed_for_good(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The failed trials nothing continues: no retry queued after them and no other trial
     at their point done or pending (an error, or given up after its retries). A failed

@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from began.data import load_images
+from began.errors import TrackingError
 from began.metrics import get_metric, parse_metrics
 from began.retry import retrying
 from studies.fleet.connection import setup_lock
@@ -30,6 +31,7 @@ from studies.fleet.worker import INTERRUPTED_EXIT, worker_main
 from studies.hints import as_typed_here
 from studies.progress import DONE_STATES, StudyProgress, summary
 from studies.records import close_parent_run, open_parent_run
+from studies.register import register_best
 from studies.spec import SEARCH, StudySpec
 
 POLL_S = 2.0  # seconds between looks at the study's state (cheap, but not free on 2 cores)
@@ -173,6 +175,7 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool) -> int:
         status = "FAILED"
     retrying(lambda: close_parent_run(spec, study, parent, status))
     print(summary(spec, study, time.monotonic() - start_time), flush=True)
+    registered = interrupted or _register(spec, study)
     if interrupted:
         print(f"stopped; run the same command again to continue study {spec.study_name}")
         return INTERRUPTED_EXIT
@@ -183,7 +186,21 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool) -> int:
     if failed:
         print(f"{len(failed)} trial(s) failed (listed above); exit status 1")
         return 1
-    return 0
+    return 0 if registered else 1
+
+
+def _register(spec: StudySpec, study: optuna.Study) -> bool:
+    """--register-best: the best generator into the Model Registry; False if it failed."""
+    if spec.register_best is None:
+        return True
+    try:
+        trial, version = register_best(study, spec.tracking_uri, spec.register_best)
+    except TrackingError as error:
+        print(f"--register-best {spec.register_best}: nothing registered: {error}", flush=True)
+        return False
+    print(f"registered the generator of trial {trial.number} as "
+          f"models:/{spec.register_best}/{version}", flush=True)  # fmt: skip
+    return True
 
 
 def _has_work(spec: StudySpec, study: optuna.Study) -> bool:

@@ -4,12 +4,15 @@ queued, and loaded by each worker with its sampler and pruner."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from began.config import TrainConfig
+from began.errors import first_line
+from began.tracking import mask_url
 from studies.fleet.connection import open_storage
 from studies.fleet.queue import point_of, try_failed_again
 from studies.pruning import make_pruner
@@ -19,6 +22,7 @@ from studies.schema import (
     HEARTBEAT_ATTR,
     KIND_ATTR,
     OBJECTIVES_ATTR,
+    SPACE_ATTR,
 )
 from studies.spec import GRID, RERUN_MAY_CHANGE, StudySpec
 
@@ -44,6 +48,7 @@ def prepare_study(spec: StudySpec) -> optuna.Study:
     study.set_user_attr(BASE_CONFIG_ATTR, spec.base_config.to_dict())
     study.set_user_attr(EXPERIMENT_ATTR, spec.experiment)
     study.set_user_attr(KIND_ATTR, spec.kind)
+    study.set_user_attr(SPACE_ATTR, spec.described)
     if HEARTBEAT_ATTR not in study.user_attrs:  # the first command's: every host uses it
         study.set_user_attr(HEARTBEAT_ATTR, spec.heartbeat_s)
     with warnings.catch_warnings():  # set_metric_names is marked experimental
@@ -54,6 +59,24 @@ def prepare_study(spec: StudySpec) -> optuna.Study:
     if spec.kind == GRID:
         queue_grid(spec, study)
     return study
+
+
+def open_existing_study(name: str, storage: str) -> optuna.Study:
+    """A study that exists, for commands that read one (reports, registration): a
+    missing SQLite file or study name is a StudyError, never a new empty database."""
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        raise StudyError(f"--storage {storage}: no such database file")
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as error:
+        raise StudyError(
+            f"--storage {mask_url(storage)}: cannot open: {first_line(error)}"
+        ) from None
+    if name not in names:
+        known = ", ".join(sorted(names)[:8]) or "none"
+        raise StudyError(f"--study {name}: no such study in {mask_url(storage)} (studies: {known})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def check_rerun(spec: StudySpec, study: optuna.Study) -> None:
@@ -70,7 +93,7 @@ def check_rerun(spec: StudySpec, study: optuna.Study) -> None:
             f"not {objectives}; keep them or choose another --study-name"
         )
     saved = TrainConfig.from_dict(attrs.get(BASE_CONFIG_ATTR, {})).to_dict()
-    varied = set(spec.space)
+    varied = spec.varied
     changed = [
         f"{name} {saved[name]!r} -> {value!r}"
         for name, value in spec.base_config.to_dict().items()

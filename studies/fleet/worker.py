@@ -41,6 +41,7 @@ from studies.fleet.queue import (
     Heartbeats,
     claim_queued_trial,
     continue_later,
+    fixed_params,
     given_up_reason,
     heartbeat_of,
     is_retry,
@@ -49,7 +50,7 @@ from studies.fleet.queue import (
 )
 from studies.fleet.scheduler import train_runs
 from studies.fleet.storage import load_study, make_sampler
-from studies.progress import format_params
+from studies.progress import name_of
 from studies.pruning import retrying_unless_finished
 from studies.records import record_trial_end
 from studies.schema import CONTINUES_ATTR, ERROR_FILE, GIVEN_UP_TAG, REASON_ATTR, RUN_ID_ATTR
@@ -179,8 +180,9 @@ class Worker:
         """The trial's run, opened; None when it needs no training (failed to start, or
         complete already: then it is told here)."""
         try:
+            fixed = fixed_params(trial, self.spec)
             started = start_trial(trial, self.spec, self.device, self.parent_run_id, self.data,
-                                  signals=self.stop)  # fmt: skip
+                                  signals=self.stop, fixed=fixed)  # fmt: skip
         except (RunAbandoned, optuna.exceptions.UpdateFinishedTrialError):
             _taken_over(trial)
             return None
@@ -226,7 +228,8 @@ class Worker:
         values = None
         if outcome.values is not None:
             values = {o.logged: v for o, v in zip(spec.objectives, outcome.values, strict=True)}
-        record_trial_end(outcome.tracker, outcome.state, values, outcome.reason, outcome.step)
+        record_trial_end(outcome.tracker, outcome.state, values, outcome.reason, outcome.step,
+                         outcome.description)  # fmt: skip
         if outcome.state == TrialState.COMPLETE:
             retrying_unless_finished(lambda: _tell(study, trial, values=outcome.values))
         else:
@@ -245,14 +248,13 @@ def stop_trial(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 def _say_what_continues(study: optuna.Study, trial: optuna.Trial, started: StartedTrial) -> None:
-    """`trial 10 continues trial 4 (gamma=0.5 seed=1) from step 120, run ...`: a resume
-    says what it resumes."""
+    """`t10 gamma=0.5 continues t4 from step 120, run ...`: a resume says what it resumes."""
     frozen = storage_of(study).get_trial(trial_id_of(trial))
     continues = frozen.system_attrs.get(CONTINUES_ATTR)
     if continues is not None and started.run is not None:
         step = started.run.learner.state.step
-        print(f"trial {trial.number} continues trial {continues} ({format_params(frozen.params)})"
-              f" from step {step}, run {started.tracker.run_id}", flush=True)  # fmt: skip
+        print(f"{started.name} continues t{continues} from step {step}, run "
+              f"{started.tracker.run_id}", flush=True)  # fmt: skip
 
 
 def _taken_over(trial: optuna.Trial) -> None:
@@ -331,7 +333,7 @@ def end_given_up_run(spec: StudySpec, trial: FrozenTrial) -> None:
     """A trial given up: its run ends FAILED with why (no process trains it any more, so
     it must not stay RUNNING), and the worker says so."""
     reason = given_up_reason(trial)
-    print(f"trial {trial.number} {format_params(trial.params)} {reason}; the same command "
+    print(f"{name_of(spec, trial)} {reason}; the same command "
           "again tries it again", file=sys.stderr, flush=True)  # fmt: skip
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if not run_id:
