@@ -18,6 +18,7 @@ from optuna.distributions import FloatDistribution
 
 from began import sample
 from began.cli import run_cli
+from began.tracking.mlflow_models import run_generator
 from began.training.images import reconstruction_grid
 from studies import gamma_sweep, register
 from studies.naming import MAX_DESCRIPTION, short_value, trial_name
@@ -102,6 +103,10 @@ def test_runs_models_dataset_and_registry_read_back_as_the_uis_show_them(study_f
     assert version.tags["study_name"] == NAME and version.tags["trial_number"] == str(best.number)
     assert float(version.tags["objective_diversity_gap"]) == pytest.approx(best.value)
     assert version.run_id == best.user_attrs["mlflow_run_id"]
+    registered = client.get_logged_model(run_generator(client, version.run_id))
+    assert json.loads(registered.tags["mlflow.modelVersions"]) == [
+        {"name": "uis-best", "version": "1"}
+    ]  # what the Logged models table's "Registered models" column shows
     assert "registered the generator of trial" in out and "--model models:/uis-best/latest" in out
     written = sample.main(["--model", "models:/uis-best/latest", "--out", "best.png",
                            "--num", "4", "--width", "0"])  # fmt: skip

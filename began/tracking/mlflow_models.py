@@ -10,6 +10,7 @@ says what it is without opening the run.
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 import time
 import warnings
@@ -26,6 +27,7 @@ from began.errors import TrackingError
 GENERATOR, DISCRIMINATOR = "generator", "discriminator"
 ROLE_TAG = "role"  # on a logged model: GENERATOR or DISCRIMINATOR
 MODEL_PREFIX_TAG = "model_prefix"  # on a run: what its logged models' names start with
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # MLflow's own, on a logged model: its versions
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,11 @@ def register_generator(
         name, source=model.artifact_location, run_id=run_id, tags=tags,
         description=description, model_id=model_id,
     )  # fmt: skip
+    # As mlflow.register_model does: the logged model lists its versions (its page and
+    # the Logged models table show them).
+    listed = json.loads(model.tags.get(MODEL_VERSIONS_TAG, "[]"))
+    listed.append({"name": name, "version": str(version.version)})
+    client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(listed)})
     return str(version.version)
 
 
