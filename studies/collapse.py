@@ -77,6 +77,21 @@ def is_collapsed(final: dict[str, float], collapse_ssim: float) -> bool:
     return ssim is not None and ssim >= collapse_ssim
 
 
+def collapse_flag(
+    final: dict[str, float], collapse_ssim: float = HealthRule.collapse_ssim
+) -> str | None:
+    """The warning in a few words, for a trial attribute and a table cell:
+    "near collapse: diversity SSIM 0.858, 81% of the way to identical"; None when none."""
+    if is_collapsed(final, collapse_ssim):
+        return f"collapsed: diversity SSIM {final['diversity_ssim']:.3f} >= {collapse_ssim:g}"
+    share = ssim_share(final)
+    if share is not None and share >= NEAR_COLLAPSE_SHARE:
+        ssim = final["diversity_ssim"]
+        return f"near collapse: diversity SSIM {ssim:.3f}, {share:.0%} of the way to identical"
+    reach = _low_reach(final)
+    return f"near collapse: {reach[0]}" if reach else None
+
+
 def collapse_warning(
     final: dict[str, float], collapse_ssim: float = HealthRule.collapse_ssim
 ) -> str | None:

@@ -21,7 +21,7 @@ from began.config import TrainConfig
 from began.tracking import MlflowTracker
 from began.training.interrupts import StopFlag
 from began.training.loop import DataCache, OpenRun, TrainingDiverged, TrainResult, open_run
-from studies.collapse import collapse_warning
+from studies.collapse import collapse_flag, collapse_warning
 from studies.naming import description, objective_values, trial_name
 from studies.pruning import TrialMonitor, retrying_unless_finished
 from studies.records import objectives_text, trial_tracker
@@ -116,10 +116,9 @@ def trial_outcome(
         shown = value if name == FINAL_STEP else rounded(value)
         retrying_unless_finished(lambda n=name, v=shown: trial.set_user_attr(FINAL_PREFIX + n, v))
     warning = collapse_warning(final, spec.health.collapse_ssim)
-    if (
-        warning
-    ):  # on the trial and its run, where optuna-dashboard, mlflow ui and the report show it
-        retrying_unless_finished(lambda: trial.set_user_attr(COLLAPSE_ATTR, warning))
+    if warning:  # on the trial and its run: optuna-dashboard, mlflow ui and the report show it
+        flag = collapse_flag(final, spec.health.collapse_ssim)
+        retrying_unless_finished(lambda: trial.set_user_attr(COLLAPSE_ATTR, flag))
         tracker.set_tags({COLLAPSE_WARNING_TAG: warning})
 
     names = [o.logged for o in spec.objectives]

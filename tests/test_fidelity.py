@@ -13,7 +13,7 @@ import pytest
 
 from analysis import fidelity, sections
 from analysis.sections import ReportInputs
-from studies.collapse import collapse_warning, near_collapse_signs, ssim_share
+from studies.collapse import collapse_flag, collapse_warning, near_collapse_signs, ssim_share
 from studies.objectives import Objective
 from studies.progress import diversity_verdict, trial_line
 from studies.pruning import HealthRule
@@ -34,6 +34,18 @@ def test_near_collapse_is_judged_against_the_real_images_figure() -> None:
     collapsed = collapse_warning({"diversity_ssim": 0.95, "diversity_ssim_real": 0.241})
     assert collapsed.startswith("collapsed: diversity SSIM 0.950 >= 0.9")
     assert collapse_warning({"diversity_ssim": 0.95}, collapse_ssim=0.97) is None  # no real
+
+
+def test_the_collapse_flag_says_the_same_in_a_few_words() -> None:
+    assert collapse_flag(DEMO_03) == (
+        "near collapse: diversity SSIM 0.858, 81% of the way to identical"
+    )
+    assert collapse_flag(DEMO_05) is None
+    assert collapse_flag({"diversity_ssim": 0.95, "diversity_ssim_real": 0.2}) == (
+        "collapsed: diversity SSIM 0.950 >= 0.9"
+    )
+    low_reach = {"coverage_1k": 0.04, "precision_1k": 0.8}
+    assert collapse_flag(low_reach) == "near collapse: coverage_1k 0.040 with precision_1k 0.800"
 
 
 def test_low_coverage_or_recall_flags_only_real_looking_samples() -> None:
