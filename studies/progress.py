@@ -208,9 +208,8 @@ def summary(spec: StudySpec, study: optuna.Study, seconds: float | None) -> str:
         lines.append(f"! {n_collapsed} trial(s) ended collapsed (diversity SSIM >= {threshold:g})")
     near = [t.number for t in trials if near_collapse(t, threshold)]
     if near:
-        lines.append(
-            f"! {len(near)} trial(s) ended near collapse ({', '.join(map(str, near))}): {MEANING}"
-        )
+        named = ", ".join(f"t{n}" for n in near)
+        lines.append(f"! {len(near)} trial(s) ended near collapse ({named}): {MEANING}")
     if not best:
         lines.append("no trial completed yet")
     lines.append("next (from this folder):")
