@@ -17,6 +17,7 @@ import pandas as pd
 
 from analysis.sources import AnalysisError, require_sqlite_file
 from began.tracking import TrackingError, check_tracking_uri, mask_url
+from studies.fleet.connection import absolute_sqlite
 
 _CLIENTS: dict[str, mlflow.MlflowClient] = {}
 MAX_RUNS = 50_000  # runs one search returns at most
@@ -25,9 +26,12 @@ _IMAGE_NAME = re.compile(r"^(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+(?P<ts>
 
 
 def open_client(tracking_uri: str) -> mlflow.MlflowClient:
-    """One client per URI (a SQLite store builds its engine once)."""
+    """One client per URI (a SQLite store builds its engine once). A relative SQLite URI
+    is made absolute first: MLflow caches stores by URI, so `sqlite:///mlflow.db` read
+    again from another folder in the same process would open the first folder's file."""
+    typed, tracking_uri = tracking_uri, absolute_sqlite(tracking_uri)
     if tracking_uri not in _CLIENTS:
-        require_sqlite_file(tracking_uri, "--tracking-uri")
+        require_sqlite_file(typed, "--tracking-uri")
         try:
             check_tracking_uri(tracking_uri)
         except TrackingError as error:

@@ -26,6 +26,7 @@ from began.tracking import (
     register_generator,
     with_retries,
 )
+from studies.fleet.connection import absolute_sqlite
 from studies.fleet.storage import open_existing_study
 from studies.naming import objective_values, point_of_trial, trial_name
 from studies.records import best_trials
@@ -107,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_name("--name", args.name)
-    tracking_uri = (
+    tracking_uri = absolute_sqlite(
         args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    )
+    )  # absolute, as the study commands make it: MLflow caches a store by its URI
     check_tracking_uri(tracking_uri)
     study = open_existing_study(args.study, args.storage)
     trial, version = register_best(study, tracking_uri, args.name, args.trial)
