@@ -41,7 +41,8 @@ PROBE = """<script>
   window.addEventListener("error", function (e) {
     var el = e.target;
     if (el && el !== window && el.tagName) {
-      failedLoads.push(el.tagName.toLowerCase() + " " + (el.src || el.href || "").slice(0, 80));
+      // The tail of the URL: a deep folder must not cut the file name off.
+      failedLoads.push(el.tagName.toLowerCase() + " " + (el.src || el.href || "").slice(-80));
     } else {
       errors.push(e.message);  // "Uncaught TypeError: ..."
     }
@@ -53,7 +54,7 @@ PROBE = """<script>
     var images = Array.prototype.slice.call(document.images);
     var broken = images.filter(function (img) {
       return !img.complete || img.naturalWidth === 0;
-    }).map(function (img) { return img.alt || img.src.slice(0, 80); });
+    }).map(function (img) { return img.alt || img.src.slice(-80); });
     var out = document.createElement("pre");
     out.id = "{check_id}";
     out.textContent = JSON.stringify({
