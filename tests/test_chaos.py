@@ -170,7 +170,7 @@ def test_a_trial_that_dies_at_the_same_step_every_time_is_given_up(tmp_path):
         if reason in log_tail(run, 1500):
             break
     closing = log_tail(run, 1500)
-    assert f"FAILED gamma=0.5 seed=0: {reason}" in closing, closing
+    assert f"gamma=0.5 FAILED: {reason}" in closing, closing  # "! t<N> gamma=0.5 FAILED: ..."
     assert "1 trial(s) failed (listed above); exit status 1" in closing
     trials = study_of(run).get_trials()
     assert [t.state for t in trials].count(TrialState.RUNNING) == 0
