@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from began.tracking import DEFAULT_TRACKING_URI
+from studies.fleet.connection import missing_sqlite_file
 from studies.spec import DEFAULT_STORAGE as DEFAULT_STORAGE
 
 
@@ -20,7 +20,5 @@ def default_tracking_uri() -> str:
 
 def require_sqlite_file(url: str, option: str) -> None:
     """Opening a missing SQLite file would create an empty database: refuse instead."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise AnalysisError(f"{option} {url}: no such database file")
+    if missing_sqlite_file(url):
+        raise AnalysisError(f"{option} {url}: no such database file")

@@ -35,7 +35,13 @@ from studies.objectives import resolve_objectives
 from studies.packing import auto_pack, parse_pack
 from studies.pruning import PRUNERS, HealthRule, make_pruner, pruner_warning
 from studies.space import check_space
-from studies.spec import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, StudySpec, config_fingerprint
+from studies.spec import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_STORAGE,
+    StudySpec,
+    config_fingerprint,
+    varied_fields,
+)
 
 MAX_SAMPLER_SEED = 2**31 - 1  # worker i samples with seed + i: well inside 32 bits
 # The objective when --objectives is not given: FID measures the paper's model against a
@@ -228,7 +234,7 @@ def study_spec(
         raise OptionError(f"--heartbeat: must be >= 1 second, got {args.heartbeat}")
     if args.max_retries < 0:
         raise OptionError(f"--max-retries: must be >= 0, got {args.max_retries}")
-    varied = set(space) | {name for point in extra.get("grid", ()) for name in point}
+    varied = varied_fields(space, extra.get("grid", ()))
     name = args.study_name or f"{command}-{config_fingerprint(cfg, varied)}"
     check_name("--study-name", name)
     if args.register_best is not None:

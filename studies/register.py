@@ -86,6 +86,10 @@ def register_best(
     return trial, version
 
 
+def registered_line(name: str, trial: FrozenTrial, version: str) -> str:
+    return f"registered the generator of trial {trial.number} as models:/{name}/{version}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="python -m studies.register",
@@ -114,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_tracking_uri(tracking_uri)
     study = open_existing_study(args.study, args.storage)
     trial, version = register_best(study, tracking_uri, args.name, args.trial)
-    print(f"registered the generator of trial {trial.number} as models:/{args.name}/{version}")
+    print(registered_line(args.name, trial, version))
     print(f"  python -m began.sample --model models:/{args.name}/latest --out best.png")
     return 0
 

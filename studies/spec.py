@@ -56,8 +56,7 @@ class StudySpec:
 
     @property
     def varied(self) -> set[str]:
-        """The config fields that differ between trials: the space's and the grid's."""
-        return set(self.space) | {name for point in self.grid for name in point}
+        return varied_fields(self.space, self.grid)
 
     @property
     def named(self) -> list[str]:
@@ -79,6 +78,11 @@ class StudySpec:
     @property
     def total_trials(self) -> int | None:
         return len(self.grid) if self.kind == GRID else self.n_trials
+
+
+def varied_fields(space: dict[str, BaseDistribution], grid: tuple[dict, ...] = ()) -> set[str]:
+    """The config fields that differ between a study's trials: the space's and the grid's."""
+    return set(space) | {name for point in grid for name in point}
 
 
 def config_fingerprint(cfg: TrainConfig, varied: set[str]) -> str:

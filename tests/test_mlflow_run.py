@@ -84,7 +84,7 @@ def test_train_records_a_complete_run(store, project):
     assert any("samples+step+4" in p for p in images) and any(
         "reconstructions+step+8" in p for p in images
     )
-    model_id = run_generator(store, run.info.run_id)  # the run's logged generator
+    model_id = run_generator(store, run.info.run_id).model_id  # the run's logged generator
     generator = mlflow.pytorch.load_model(f"models:/{model_id}")
     import torch
 

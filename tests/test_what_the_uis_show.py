@@ -103,7 +103,7 @@ def test_runs_models_dataset_and_registry_read_back_as_the_uis_show_them(study_f
     assert version.tags["study_name"] == NAME and version.tags["trial_number"] == str(best.number)
     assert float(version.tags["objective_diversity_gap"]) == pytest.approx(best.value)
     assert version.run_id == best.user_attrs["mlflow_run_id"]
-    registered = client.get_logged_model(run_generator(client, version.run_id))
+    registered = run_generator(client, version.run_id)
     assert json.loads(registered.tags["mlflow.modelVersions"]) == [
         {"name": "uis-best", "version": "1"}
     ]  # what the Logged models table's "Registered models" column shows

@@ -91,14 +91,15 @@ def log_model(
     return logged.model_id
 
 
-def run_generator(client: Any, run_id: str) -> str | None:
-    """The model id of the generator a run logged last, or None."""
+def run_generator(client: Any, run_id: str) -> Any | None:
+    """The generator a run logged last (an MLflow LoggedModel), or None. A run logged
+    before models carried their role named its generator plainly `generator`."""
     run = client.get_run(run_id)
     outputs = run.outputs.model_outputs if run.outputs else []
     for output in sorted(outputs, key=lambda o: o.step, reverse=True):
         model = client.get_logged_model(output.model_id)
-        if model.tags.get(ROLE_TAG) == GENERATOR or model.name.endswith(f"-{GENERATOR}"):
-            return output.model_id
+        if model.tags.get(ROLE_TAG) == GENERATOR or model.name == GENERATOR:
+            return model
     return None
 
 
@@ -110,10 +111,10 @@ def register_generator(
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
-    model_id = run_generator(client, run_id)
-    if model_id is None:
+    model = run_generator(client, run_id)
+    if model is None:
         raise TrackingError(f"run {run_id} has no logged generator to register")
-    model = client.get_logged_model(model_id)
+    model_id = model.model_id
     if client.search_registered_models(f"name = '{name}'") == []:
         client.create_registered_model(name, description=description)
     version = client.create_model_version(

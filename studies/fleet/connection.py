@@ -40,6 +40,12 @@ def absolute_sqlite(url: str) -> str:
     return url
 
 
+def missing_sqlite_file(url: str) -> bool:
+    """A SQLite URL whose file does not exist: opening it would create an empty database,
+    so commands that read a store refuse it instead."""
+    return url.startswith(SQLITE_PREFIX) and not Path(url[len(SQLITE_PREFIX) :]).is_file()
+
+
 def check_storage_url(url: str) -> None:
     if url.split(":", 1)[0].split("+")[0] not in ("sqlite", "postgresql", "mysql"):
         raise StorageError(

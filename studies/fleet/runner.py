@@ -31,7 +31,7 @@ from studies.fleet.worker import INTERRUPTED_EXIT, worker_main
 from studies.hints import as_typed_here
 from studies.progress import DONE_STATES, StudyProgress, summary
 from studies.records import close_parent_run, open_parent_run
-from studies.register import register_best
+from studies.register import register_best, registered_line
 from studies.spec import SEARCH, StudySpec
 
 POLL_S = 2.0  # seconds between looks at the study's state (cheap, but not free on 2 cores)
@@ -198,8 +198,7 @@ def _register(spec: StudySpec, study: optuna.Study) -> bool:
     except TrackingError as error:
         print(f"--register-best {spec.register_best}: nothing registered: {error}", flush=True)
         return False
-    print(f"registered the generator of trial {trial.number} as "
-          f"models:/{spec.register_best}/{version}", flush=True)  # fmt: skip
+    print(registered_line(spec.register_best, trial, version), flush=True)
     return True
 
 

@@ -4,7 +4,6 @@ queued, and loaded by each worker with its sampler and pruner."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -13,7 +12,7 @@ from optuna.trial import TrialState
 from began.config import TrainConfig
 from began.errors import first_line
 from began.tracking import mask_url
-from studies.fleet.connection import open_storage
+from studies.fleet.connection import missing_sqlite_file, open_storage
 from studies.fleet.queue import point_of, try_failed_again
 from studies.pruning import make_pruner
 from studies.schema import (
@@ -64,7 +63,7 @@ def prepare_study(spec: StudySpec) -> optuna.Study:
 def open_existing_study(name: str, storage: str) -> optuna.Study:
     """A study that exists, for commands that read one (reports, registration): a
     missing SQLite file or study name is a StudyError, never a new empty database."""
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+    if missing_sqlite_file(storage):
         raise StudyError(f"--storage {storage}: no such database file")
     try:
         names = optuna.get_all_study_names(storage)
