@@ -49,8 +49,11 @@ def migrated_mlflow_db(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def mlflow_db(tmp_path, migrated_mlflow_db) -> str:
+def mlflow_db(tmp_path, migrated_mlflow_db, monkeypatch) -> str:
     """An empty, migrated tmp_path/mlflow.db (MLflow's default store when a test runs in
-    tmp_path); returns its URI."""
+    tmp_path); returns its URI. The test runs in tmp_path: MLflow puts an experiment's
+    artifacts in ./mlruns of the folder it is created from, which must not be the
+    project's."""
     shutil.copyfile(migrated_mlflow_db, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
     return f"sqlite:///{tmp_path}/mlflow.db"

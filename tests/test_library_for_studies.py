@@ -100,7 +100,8 @@ def test_a_nan_step_never_overwrites_the_last_good_checkpoint(tmp_path, monkeypa
     assert tracker.status == "FAILED"
 
 
-def test_models_land_in_their_own_run_whatever_the_process_settings(tmp_path):
+def test_models_land_in_their_own_run_whatever_the_process_settings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the experiments' artifacts go to ./mlruns: not the project's
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")
     mlflow.set_experiment("somebody-elses")
     try:
@@ -119,7 +120,8 @@ def test_models_land_in_their_own_run_whatever_the_process_settings(tmp_path):
         assert {m.source_run_id for m in models} == {tracker.run_id}
     mlflow.set_tracking_uri(uri)
     try:
-        generator = mlflow.pytorch.load_model(f"models:/{run_generator(client, first.run_id)}")
+        model_id = run_generator(client, first.run_id).model_id
+        generator = mlflow.pytorch.load_model(f"models:/{model_id}")
     finally:
         mlflow.set_tracking_uri(None)
     assert generator(torch.zeros(2, TINY.hidden)).shape == (2, 3, 16, 16)
