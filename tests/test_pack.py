@@ -3,6 +3,7 @@ would train alone, keep one run's NaN to itself, and leave ordinary single-run r
 (checkpoints that resume alone, logged models, metrics at the same steps)."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from began.tracking.memory_tracker import MemoryTracker
 from began.training.interrupts import StopFlag
 from began.training.learner import build_learner
 from began.training.loop import open_run, step_once, train
-from began.training.pack import pack_key, step_pack
+from began.training.pack import TrainingPack, pack_key
 from studies.fleet.scheduler import train_runs
 from tests.test_train import TINY, tiny
 
@@ -45,9 +46,10 @@ def test_a_pack_trains_each_trial_as_it_trains_alone(shared_fake):
     alone = [build_learner(c, torch.device("cpu")) for c in cfgs]
     packed = [build_learner(c, torch.device("cpu")) for c in cfgs]
     samplers = [[BatchSampler(images(), 4, c.seed) for c in cfgs] for _ in range(2)]
+    pack = TrainingPack(packed)
     for _ in range(100):
         single = [step_once(learner, s)[0] for learner, s in zip(alone, samplers[0], strict=True)]
-        fused = [metrics for metrics, _ in step_pack(packed, samplers[1])]
+        fused = [metrics for metrics, _ in pack.step(samplers[1])]
         for one, other in zip(single, fused, strict=True):
             for name in STEP_METRICS:
                 assert other[name].item() == pytest.approx(one[name].item(), abs=1e-5), name
@@ -65,10 +67,11 @@ def test_one_trial_s_nan_never_touches_another_s_weights():
     with torch.no_grad():
         next(packed[1].G.parameters()).fill_(float("nan"))  # trial 1 diverged
     samplers = [[BatchSampler(images(), 4, c.seed) for c in cfgs] for _ in range(2)]
+    pack = TrainingPack(packed)
     for _ in range(10):
         for learner, sampler in zip(alone, samplers[0], strict=True):
             step_once(learner, sampler)
-        step_pack(packed, samplers[1])
+        pack.step(samplers[1])
     assert not torch.isfinite(next(packed[1].D.parameters())).all()  # its own NaN spread
     for i in (0, 2, 3):
         for p, q in zip(weights(alone[i]), weights(packed[i]), strict=True):
@@ -117,6 +120,9 @@ def test_the_loop_over_a_pack_leaves_each_run_the_record_of_a_run_alone(tmp_path
             assert mine == pytest.approx([v for _, v in tracker.history(name)], abs=1e-5)
         single = load_checkpoint(tracker.latest_checkpoint())
         packed_ckpt = load_checkpoint(run.tracker.latest_checkpoint())
+        # Its own tensors only (not its pack's whole storage), and the same file size.
+        size = Path(run.tracker.latest_checkpoint()).stat().st_size
+        assert size == pytest.approx(Path(tracker.latest_checkpoint()).stat().st_size, rel=0.05)
         for key in single.generator:  # an ordinary checkpoint, the same weights
             torch.testing.assert_close(packed_ckpt.generator[key], single.generator[key],
                                        rtol=0, atol=1e-5)  # fmt: skip
@@ -167,3 +173,55 @@ def test_a_pack_of_one_is_the_single_run(tmp_path):
     tracker = MemoryTracker(tmp_path / "alone")
     train(tiny(), tracker)
     assert run.tracker.history("m_global") == tracker.history("m_global")
+
+
+@pytest.mark.parametrize("shared_fake", [False, True])
+def test_the_packed_step_compiles_as_one_graph_and_computes_the_same(shared_fake):
+    # TorchDynamo's capture with fullgraph=True raises at any graph break; its eager
+    # backend runs the captured graph without generating code (seconds on a CPU).
+    cfgs = configs(shared_fake=shared_fake)
+    eager = TrainingPack([build_learner(c, torch.device("cpu")) for c in cfgs])
+    compiled = TrainingPack([build_learner(c, torch.device("cpu")) for c in cfgs])
+    compiled._losses = torch.compile(compiled._losses, fullgraph=True, backend="eager")
+    samplers = [[BatchSampler(images(), 4, c.seed) for c in cfgs] for _ in range(2)]
+    for _ in range(3):
+        a, b = eager.step(samplers[0]), compiled.step(samplers[1])
+        for (one, _), (other, _) in zip(a, b, strict=True):
+            assert other["m_global"].item() == pytest.approx(one["m_global"].item(), abs=1e-6)
+
+
+def test_a_pack_dispatches_about_the_operations_of_one_trial():
+    # What a GPU pays on the host per step: a pack of 8 must not cost 8 steps' launches.
+    from bench.pack_speed import operations_per_step, pack_loop
+
+    cfg = replace(BASE, repeat=1)
+    single = operations_per_step(pack_loop([cfg], torch.device("cpu")), steps=2)
+    packed = operations_per_step(pack_loop(configs() * 2, torch.device("cpu")), steps=2)
+    assert packed < 1.5 * single, (single, packed)
+
+
+def test_a_released_pack_leaves_each_learner_its_own_tensors_and_the_same_values():
+    cfgs = configs()
+    learners = [build_learner(c, torch.device("cpu")) for c in cfgs]
+    pack = TrainingPack(learners)
+    samplers = [BatchSampler(images(), 4, c.seed) for c in cfgs]
+    for _ in range(3):
+        pack.step(samplers)
+    before = [[p.detach().clone() for p in weights(learner)] for learner in learners]
+    steps = [
+        learner.opt_G.state[next(learner.G.parameters())]["step"].item() for learner in learners
+    ]
+    pack.release()
+    storages = set()
+    for learner, values, step in zip(learners, before, steps, strict=True):
+        for p, value in zip(weights(learner), values, strict=True):
+            assert torch.equal(p, value)
+            assert p.untyped_storage().nbytes() == p.numel() * p.element_size()  # its own
+            storages.add(p.untyped_storage().data_ptr())
+        state = learner.opt_G.state
+        counts = {id(s["step"].untyped_storage()) for s in state.values()}
+        assert len(counts) == len(state) and step == 3  # step counts no longer aliased
+    assert len(storages) == sum(len(weights(learner)) for learner in learners)
+    # Released learners train alone from there, as their own runs.
+    step_once(learners[0], samplers[0])
+    assert learners[0].state.step == 4

@@ -124,5 +124,9 @@ def sample_z(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """z ~ U(-1, 1)^h, drawn from `generator` so that runs do not share random state."""
-    u = torch.rand(batch_size, hidden, generator=generator, device=device)
+    return uniform_to_z_(torch.rand(batch_size, hidden, generator=generator, device=device))
+
+
+def uniform_to_z_(u: torch.Tensor) -> torch.Tensor:
+    """U(0, 1) draws mapped in place to U(-1, 1), the distribution of z."""
     return u.mul_(2.0).sub_(1.0)

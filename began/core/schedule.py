@@ -30,6 +30,11 @@ class PlateauHalving:
     def observe(self, m_global: torch.Tensor) -> bool:
         """Add one step's M_global; returns True when the lr has just been halved."""
         self.window_sum += m_global.detach().float()
+        return self.count_step()
+
+    def count_step(self) -> bool:
+        """One more step, whose M_global `window_sum` holds already (a pack of trials adds
+        all of theirs in one operation); returns True when the lr has just been halved."""
         self.window_count += 1
         if self.window_count < self.window:
             return False

@@ -98,8 +98,8 @@ class BatchSampler:
         generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
         return torch.randperm(self.images.shape[0], generator=generator)
 
-    def batch(self, step: int) -> torch.Tensor:
-        """Float (B, 3, H, W) in [-1, 1] on the images' device: x = u8 / 127.5 - 1."""
+    def indices(self, step: int) -> torch.Tensor:
+        """The (B,) image indices of step `step`'s batch, on the images' device."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         epoch, position = divmod(step, self.steps_per_epoch)
@@ -107,6 +107,14 @@ class BatchSampler:
             self._order = self.permutation(epoch).to(self.images.device)
             self._epoch = epoch
         start = position * self.batch_size
-        indices = self._order[start : start + self.batch_size]
+        return self._order[start : start + self.batch_size]
+
+    def batch(self, step: int) -> torch.Tensor:
+        """Float (B, 3, H, W) in [-1, 1] on the images' device."""
         # Index and convert on the device: only uint8 ever crosses the bus, once.
-        return self.images.index_select(0, indices).float().div_(127.5).sub_(1.0)
+        return self.to_float(self.images.index_select(0, self.indices(step)))
+
+    @staticmethod
+    def to_float(images: torch.Tensor) -> torch.Tensor:
+        """uint8 images as floats in [-1, 1]: x = u8 / 127.5 - 1."""
+        return images.float().div_(127.5).sub_(1.0)

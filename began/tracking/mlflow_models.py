@@ -60,6 +60,9 @@ def log_model(
         else torch.zeros(2, 3, cfg.image_size, cfg.image_size)
     )
     model = copy.deepcopy(model).cpu().eval()  # a copy: the caller's model stays where it is
+    for p in model.parameters():
+        # Storage of its own: a packed trial's weights are slices of its pack's tensor.
+        p.data = p.data.clone()
     params = {key: str(value) for key, value in cfg.to_dict().items()}
     logged = client.create_logged_model(
         experiment_id, name=f"{record.prefix}-{role}", source_run_id=run_id,

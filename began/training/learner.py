@@ -22,11 +22,13 @@ FIXED_Z_SEED_OFFSET = 7919  # the sample-grid z is drawn apart from the training
 
 # Fields that may differ between a checkpoint and the config that resumes it:
 # they change how fast a run goes or how often it reports, not what it computes.
-# (preset only names where the values came from; a checkpoint older than presets has none.)
+# (preset only names where the values came from; a checkpoint older than presets has none.
+# tf32, like precision, changes the rounding of the same computation, not the computation:
+# a run stopped on one GPU may continue on another with or without TF32.)
 RESUMABLE_CHANGES = frozenset(
-    {"device", "precision", "compile", "channels_last", "steps", "log_every", "sample_every",
-     "checkpoint_every", "eval_every", "metrics", "data", "reference_size", "feature_network",
-     "preset"}
+    {"device", "precision", "tf32", "compile", "channels_last", "steps", "log_every",
+     "sample_every", "checkpoint_every", "eval_every", "metrics", "data", "reference_size",
+     "feature_network", "preset"}
 )  # fmt: skip
 
 
@@ -69,6 +71,12 @@ class Learner:
         z_D = sample_z(batch, hidden, self.z_rng, self.device)
         z_G = sample_z(batch, hidden, self.z_rng, self.device)
         return z_D, z_G
+
+    def draw_uniform_into(self, z_D: torch.Tensor, z_G: torch.Tensor) -> None:
+        """The U(0, 1) draws behind `sample_noise`, in the same order, written into the
+        (B, h) tensors z_D and z_G (a pack maps all its trials' draws to z at once)."""
+        z_D.uniform_(0.0, 1.0, generator=self.z_rng)  # torch.rand's own draw, in place
+        z_G.uniform_(0.0, 1.0, generator=self.z_rng)
 
 
 def _adam(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -149,6 +157,20 @@ def _build_learner(cfg: TrainConfig, device: torch.device) -> Learner:
     )
 
 
+def own_copy(state: Any) -> Any:
+    """A state dict whose every tensor has storage of its own. A packed trial's tensors
+    are slices of its pack's (`began.training.pack`), and its Adam step counts share one
+    element: saved as they are, a checkpoint would hold the whole pack and load step
+    counts that alias each other."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {key: own_copy(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(own_copy(value) for value in state)
+    return state
+
+
 def snapshot(
     learner: Learner,
     dataset_fingerprint: str,
@@ -163,10 +185,10 @@ def snapshot(
         config=learner.cfg,
         step=learner.state.step,
         k=float(learner.state.k.item()),
-        generator=learner.G.state_dict(),
-        discriminator=learner.D.state_dict(),
-        optimizer_G=learner.opt_G.state_dict(),
-        optimizer_D=learner.opt_D.state_dict(),
+        generator=own_copy(learner.G.state_dict()),
+        discriminator=own_copy(learner.D.state_dict()),
+        optimizer_G=own_copy(learner.opt_G.state_dict()),
+        optimizer_D=own_copy(learner.opt_D.state_dict()),
         schedule=learner.schedule.state_dict(),
         z_rng_state=learner.z_rng.get_state(),
         dataset_fingerprint=dataset_fingerprint,

@@ -4,10 +4,11 @@ soon as a trial ends.
 
 Each run is opened and ended exactly as a single run is (`began.training.loop`:
 `open_run`, `end_run`) and keeps its own `RunRecorder`; what differs is the step. Runs of
-one architecture (`began.training.pack.pack_key`) step together as one model
-(`began.training.pack.step_pack`); a run alone in its group takes the single run's own
-step (`began.training.loop.step_once`). A run that ends, however it ends, leaves the loop
-alone: the others go on, and new ones may join. Ctrl-C, SIGTERM and SIGHUP stop every run
+one architecture (`began.training.pack.pack_key`) step together as one stacked model (a
+`began.training.pack.TrainingPack`, formed again whenever its membership changes); a run
+alone in its group takes the single run's own step (`began.training.loop.step_once`). A
+run that ends, however it ends, leaves the loop alone: the others go on, and new ones may
+join. Ctrl-C, SIGTERM and SIGHUP stop every run
 between steps, each with a checkpoint.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from began.training.interrupts import RunAbandoned, StopFlag
 from began.training.loop import OpenRun, TrainingInterrupted, TrainResult, end_run, step_once
-from began.training.pack import pack_key, step_pack
+from began.training.pack import TrainingPack, pack_key
 
 Outcome = TrainResult | BaseException  # how a run left the loop
 
@@ -40,6 +41,7 @@ def train_runs(
     """
     active: list[OpenRun] = []
     keys: dict[int, tuple] = {}  # id(run) -> its pack_key, worked out once per run
+    packs = Packs()
 
     def join(new: Sequence[OpenRun]) -> None:
         for run in new:
@@ -62,33 +64,60 @@ def train_runs(
                     end(run, _interrupted(run, stop_flag))
                 elif run.recorder.complete:  # resumed after a kill in its final record
                     end(run, _finished(run))
-            for group in _packs(active, keys):
-                _step(group, end)
+            for key, group in _groups(active, keys).items():
+                _step(group, packs.of(key, group), end)
             if more is not None and not stop_flag:
                 join(more(len(active)))
     except KeyboardInterrupt as second:  # a second Ctrl-C: no checkpoints, every run KILLED
         for run in list(active):
             end_run(run, second)
         raise
+    finally:
+        packs.release_all()
 
 
-def _packs(runs: list[OpenRun], keys: dict[int, tuple]) -> list[list[OpenRun]]:
+class Packs:
+    """The stacked model of each group of two or more runs, kept while its members stay
+    the same and formed again when one leaves or joins."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple, TrainingPack] = {}
+
+    def of(self, key: tuple, group: list[OpenRun]) -> TrainingPack | None:
+        learners = [run.learner for run in group]
+        pack = self._by_key.get(key)
+        if pack is not None and pack.learners != learners:
+            pack.release()
+            del self._by_key[key]
+            pack = None
+        if pack is None and len(learners) > 1:
+            pack = self._by_key[key] = TrainingPack(learners)
+        return pack
+
+    def release_all(self) -> None:
+        for pack in self._by_key.values():
+            pack.release()
+        self._by_key.clear()
+
+
+def _groups(runs: list[OpenRun], keys: dict[int, tuple]) -> dict[tuple, list[OpenRun]]:
     """The runs grouped by architecture: each group steps as one model."""
-    if len(runs) == 1:
-        return [runs]
     groups: dict[tuple, list[OpenRun]] = defaultdict(list)
     for run in runs:
         groups[keys[id(run)]].append(run)
-    return list(groups.values())
+    return groups
 
 
-def _step(group: list[OpenRun], end: Callable[[OpenRun, Outcome], None]) -> None:
-    """One step of every run of a group, then each run's record of it."""
+def _step(
+    group: list[OpenRun], pack: TrainingPack | None, end: Callable[[OpenRun, Outcome], None]
+) -> None:
+    """One step of every run of a group (as its pack when it has one), then each run's
+    record of it."""
     try:
-        if len(group) == 1:
+        if pack is None:
             results = [step_once(group[0].learner, group[0].sampler)]
         else:
-            results = step_pack([r.learner for r in group], [r.sampler for r in group])
+            results = pack.step([r.sampler for r in group])
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as error:  # the fused step failed (out of memory): every run of it
