@@ -54,6 +54,17 @@ def check_name(option: str, name: str) -> str:
     return name
 
 
+def add_system_metrics_option(parser: argparse.ArgumentParser) -> None:
+    """`--system-metrics on|off`: whether each training run samples the machine into MLflow
+    (a tracking option, not a config field: it changes nothing a run computes)."""
+    parser.add_argument(
+        "--system-metrics", choices=("on", "off"), default="on",
+        help="log MLflow's system metrics into each training run: CPU, memory, disk, network "
+        "and, where NVML is there, every GPU's utilisation and memory, every 10 s, named "
+        "system/HOST:PID/... for the process that trains it",
+    )  # fmt: skip
+
+
 def option_flag(field_name: str) -> str:
     """The command-line spelling of a config field: image_size -> --image-size."""
     return "--" + field_name.replace("_", "-")

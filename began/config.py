@@ -121,6 +121,11 @@ class TrainConfig:
     # --- speed ---
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     precision: str = option("fp32", "fp32, or bf16 autocast (GPU)")
+    tf32: str = option(
+        "off",
+        "on: fp32 convolutions and matmuls on a GPU may use TF32 tensor cores (faster; their "
+        "inputs rounded to 10 mantissa bits); off: strict fp32, so that fp32 means fp32",
+    )
     compile: str = option(
         "off",
         "torch.compile G and D: off, default, reduce-overhead (CUDA graphs) or max-autotune; "
@@ -289,6 +294,7 @@ def _validate(cfg: TrainConfig) -> None:
         "precision",
         f"must be fp32 or bf16, got {cfg.precision!r}",
     )
+    _require(cfg.tf32 in ("on", "off"), "tf32", f"must be on or off, got {cfg.tf32!r}")
     _check_spec("crop", cfg.crop)
     _check_spec("metrics", cfg.metrics)
     if cfg.feature_network:

@@ -21,6 +21,7 @@ from began.cli import (
     HelpFormatter,
     Parser,
     add_config_options,
+    add_system_metrics_option,
     check_name,
     fail,
     preset_chosen_by,
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri", default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
     )  # fmt: skip
+    add_system_metrics_option(parser)
     parser.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run exactly")
     parser.add_argument("--cache-dir", default=None, help="dataset and statistics cache folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -57,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resumed_config(args: argparse.Namespace) -> tuple[TrainConfig, MlflowTracker]:
-    tracker = MlflowTracker(args.tracking_uri, run_id=args.resume)
+    tracker = MlflowTracker(
+        args.tracking_uri, run_id=args.resume, system_metrics=args.system_metrics == "on"
+    )
     path = tracker.latest_checkpoint()
     if path is None:
         raise ConfigError(f"--resume {args.resume}: the run has no checkpoint to resume from")
@@ -87,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         if cfg.data and not Path(cfg.data).exists():  # before a run is created for it
             raise ConfigError(f"data: {cfg.data} does not exist")
         resolve_device(cfg.device)  # a GPU that is not here: now, not after the data loads
-        tracker = MlflowTracker(args.tracking_uri, args.experiment, args.run_name)
+        tracker = MlflowTracker(args.tracking_uri, args.experiment, args.run_name,
+                                system_metrics=args.system_metrics == "on")  # fmt: skip
     print(preset_header(cfg, chosen_by), flush=True)
     try:
         result = train(cfg, tracker, quiet=args.quiet, cache_dir=args.cache_dir)

@@ -17,6 +17,7 @@ from began.cli import (
     HelpFormatter,
     Parser,
     add_config_options,
+    add_system_metrics_option,
     check_name,
     option_flag,
     preset_chosen_by,
@@ -76,6 +77,7 @@ def build_parser(prog: str, description: str, varied: frozenset[str]) -> argpars
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
         "sqlite:///mlflow.db here, with artifacts in ./mlruns)",
     )
+    add_system_metrics_option(study)
     study.add_argument(
         "--experiment", default=None, help="MLflow experiment (default: the study name)"
     )
@@ -265,6 +267,7 @@ def study_spec(
         max_retries=args.max_retries,
         cache_dir=args.cache_dir,
         register_best=args.register_best,
+        system_metrics=args.system_metrics == "on",
         **extra,
     )
 

@@ -104,7 +104,8 @@ def trial_tracker(
             MODEL_PREFIX_TAG: f"{spec.study_name}-t{trial.number}"}  # fmt: skip
     earlier = trial.user_attrs.get(RUN_ID_ATTR) or _unrecorded_run(spec, trial)
     if earlier:
-        tracker = MlflowTracker(spec.tracking_uri, run_id=earlier, run_option="trial run")
+        tracker = MlflowTracker(spec.tracking_uri, run_id=earlier, run_option="trial run",
+                                system_metrics=spec.system_metrics)  # fmt: skip
         # Renamed for the trial that now runs it, so that MLflow and Optuna agree on the
         # number; the name keeps the first trial's, which the run was created for.
         frozen = storage_of(trial.study).get_trial(trial_id_of(trial))
@@ -115,8 +116,8 @@ def trial_tracker(
         return tracker
     # Tagged as it is created: a kill before the trial records the run id leaves a run its
     # retry can still find (`_unrecorded_run`), not one left RUNNING for ever.
-    tracker = MlflowTracker(spec.tracking_uri, spec.experiment, name,
-                            parent_run_id=parent_run_id, tags=tags)  # fmt: skip
+    tracker = MlflowTracker(spec.tracking_uri, spec.experiment, name, parent_run_id=parent_run_id,
+                            tags=tags, system_metrics=spec.system_metrics)  # fmt: skip
     tracker.create()
     return tracker
 

@@ -22,7 +22,7 @@ GRID, SEARCH = "grid", "search"
 # Config fields a rerun of a study may change: where and how fast it runs, and the name of
 # the preset its values came from (the values themselves are compared), not what it
 # computes. They are also left out of the default study name.
-RERUN_MAY_CHANGE = frozenset({"device", "precision", "compile", "channels_last", "preset"})
+RERUN_MAY_CHANGE = frozenset({"device", "precision", "tf32", "compile", "channels_last", "preset"})
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_HEARTBEAT_S = 30  # between a trial's beats; when one is stale: fleet.queue.stale_after_s
 
@@ -49,6 +49,7 @@ class StudySpec:
     pack: int = 1  # trials a worker trains at once, as one model when they share a shape
     cache_dir: str | None = None
     register_best: str | None = None  # the registered model the best generator goes to
+    system_metrics: bool = True  # each trial's run samples the machine (MLflow system metrics)
 
     @property
     def directions(self) -> list[str]:

@@ -48,6 +48,8 @@ CASES = [
     (train_cli.main, ["--tracking-uri", UNREACHABLE], "--tracking-uri http://127.0.0.1:9: "),
     (train_cli.main, ["--resume", "0123456789abcdef"], "--resume 0123456789abcdef: "),
     (train_cli.main, ["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
+    (train_cli.main, ["--tf32", "yes"], "--tf32: must be on or off, got 'yes'"),
+    (train_cli.main, ["--system-metrics", "no"], "argument --system-metrics: invalid choice"),
     # began.sample
     (sample.main, ["--run", "abc", "--num", "0"], "--num: "),
     (sample.main, ["--run", "abc", "--walk-length", "1"], "--walk-length: "),
@@ -70,6 +72,8 @@ CASES = [
     (gamma_sweep.main, ["--storage", "postgresql://u:pw@127.0.0.1:9/optuna"], "--storage: "),
     (gamma_sweep.main, ["--study-name", "a b"], "--study-name: "),
     (gamma_sweep.main, ["--preset", "paper-ish"], "argument --preset: invalid choice"),
+    (gamma_sweep.main, ["--tf32", "1"], "--tf32: must be on or off"),
+    (search.main, ["--system-metrics", "maybe"], "argument --system-metrics: invalid choice"),
     (search.main, ["--space", "gamma=0.2:"], "--space: "),
     (search.main, ["--space", "repeat=1:3:log:x"], "--space: "),
     (search.main, ["--objectives", "m_global,nope"], "--objectives: "),

@@ -76,7 +76,7 @@ def kid(ctx: EvalContext, num_samples: int) -> dict[str, float]:
 def diversity(ctx: EvalContext, num_samples: int) -> dict[str, float]:
     """Mean SSIM of disjoint sample pairs (-> 1 as G collapses), of real pairs, and the
     distance between the two: the objective, since noise scores lower than real faces."""
-    device, batch = ctx.device, ctx.inputs.batch_size
+    device, batch = ctx.device, ctx.batch_size
     generated = diversity_ssim(ctx.samples(num_samples), device, batch)
     real = diversity_ssim(ctx.real_subset(num_samples), device, batch)
     return {"diversity_gap": abs(generated - real), "diversity_ssim": generated,
@@ -93,7 +93,7 @@ def recon(ctx: EvalContext, num_samples: int) -> dict[str, float]:
     """PSNR (dB, data range 1, capped at 100) and SSIM of D(x) on up to num_samples held-out x."""
     heldout = ctx.inputs.heldout_images[:num_samples]  # (M, 3, S, S) uint8
     value_psnr, value_ssim = reconstruction_quality(
-        heldout, ctx.inputs.reconstruct, ctx.device, ctx.inputs.batch_size
+        heldout, ctx.inputs.reconstruct, ctx.device, ctx.batch_size
     )
     return {"recon_psnr": value_psnr, "recon_ssim": value_ssim}
 

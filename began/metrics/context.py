@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from began.metrics import inception
+from began.metrics.batching import eval_batch_size
 from began.metrics.real_stats import MAX_REFERENCE, RealStats, real_statistics, reference_indices
 
 T = TypeVar("T")
@@ -36,7 +37,9 @@ class EvalInputs:
     device: torch.device
     cache_dir: Path | None = None  # None: $BEGAN_CACHE_DIR, $XDG_CACHE_HOME/began, ~/.cache/began
     feature_network: str | None = None  # TorchScript file; None: $BEGAN_FEATURE_NETWORK or bundled
-    batch_size: int = 64  # images per generate / feature-extraction / SSIM batch
+    # Images per generate / feature-extraction / SSIM batch; None: sized to the device
+    # (`batching.eval_batch_size`). The figures do not depend on it beyond float rounding.
+    batch_size: int | None = None
     max_reference: int = MAX_REFERENCE  # real images in the reference features, at most
 
 
@@ -46,6 +49,7 @@ class EvalContext:
     def __init__(self, inputs: EvalInputs) -> None:
         self.inputs = inputs
         self.device = torch.device(inputs.device)
+        self.batch_size = inputs.batch_size or eval_batch_size(self.device)
         self._samples: list[torch.Tensor] = []  # uint8 chunks (B, 3, S, S) on the device
         self._num_samples = 0
         self._features: list[np.ndarray] = []  # (B, D) float32 chunks, for samples[:n]
@@ -58,7 +62,7 @@ class EvalContext:
         """The first n generated samples, uint8 (n, 3, S, S) on the device."""
         expected = tuple(self.inputs.real_images.shape[1:])
         while self._num_samples < n:
-            count = min(self.inputs.batch_size, n - self._num_samples)
+            count = min(self.batch_size, n - self._num_samples)
             images = self.inputs.generate(count)  # (count, 3, S, S) in [-1, 1]
             if images.shape != (count, *expected):
                 raise ValueError(
@@ -78,7 +82,7 @@ class EvalContext:
             new = self.samples(n)[self._num_features : n]  # (n - done, 3, S, S)
             self._features.append(
                 inception.extract_features(
-                    new, self.device, self.inputs.feature_network, self.inputs.batch_size
+                    new, self.device, self.inputs.feature_network, self.batch_size
                 )
             )
             self._num_features = n
@@ -95,7 +99,7 @@ class EvalContext:
                 self.device,
                 self.inputs.cache_dir,
                 self.inputs.feature_network,
-                self.inputs.batch_size,
+                self.batch_size,
                 self.inputs.max_reference,
             )
         return self._real_stats

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from began.metrics.batching import eval_batch_size
 from began.metrics.progress import CountProgress
 
 INCEPTION_SIZE = 299
@@ -126,15 +127,17 @@ def extract_features(
     images: torch.Tensor,
     device: torch.device,
     feature_network: str | os.PathLike | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: str | None = None,
 ) -> np.ndarray:
-    """Pool features (N, D) float32 of uint8 images (N, 3, S, S), in batches on `device`.
+    """Pool features (N, D) float32 of uint8 images (N, 3, S, S), in batches on `device`
+    (of `batch_size` images; None: sized to the device, `batching.eval_batch_size`).
 
     `progress`: a label to show count, rate and ETA on stderr under (a bar on a terminal,
     a line every ~10% in a log file); None: silent, as per-evaluation samples are.
     """
     network = load_network(resolve_network_path(feature_network), device)
+    batch_size = batch_size or eval_batch_size(device)
     shown = CountProgress(images.shape[0], progress) if progress else None
     chunks = []
     for start in range(0, images.shape[0], batch_size):

@@ -117,7 +117,7 @@ def real_statistics(
     device: torch.device,
     cache_dir: Path | None = None,
     feature_network: str | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     max_reference: int = MAX_REFERENCE,
 ) -> RealStats:
     """Feature statistics of up to `max_reference` images of `real_images` (N, 3, S, S) uint8.

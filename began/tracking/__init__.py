@@ -37,6 +37,7 @@ from began.tracking.protocol import (
     RUNNING,
     Tracker,
     next_resume_count,
+    process_identity,
 )
 from began.tracking.urls import check_tracking_uri, local_path, mask_url
 
@@ -65,5 +66,6 @@ __all__ = [
     "local_path",
     "mask_url",
     "next_resume_count",
+    "process_identity",
     "with_retries",
 ]

@@ -124,5 +124,8 @@ class MemoryTracker:
     def close(self) -> None:
         pass
 
+    def stop_system_metrics(self) -> None:
+        pass  # it samples nothing
+
     def history(self, name: str) -> list[tuple[int, float]]:
         return self.metrics.get(name, [])

@@ -4,14 +4,17 @@ child run) behind the `Tracker` protocol; the only module of `began` that writes
 Metrics and images are queued and written by a background thread in batches, so a
 training step never waits on the tracking store. Checkpoints go into the run's artifacts
 (written in place and atomically when the artifact store is a local folder, uploaded
-otherwise).
+otherwise). While a training run is started, MLflow's system metrics monitor samples the
+machine (CPU, memory, disk, network, and the GPUs where NVML is there) into the run.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,18 +46,25 @@ from began.tracking.protocol import (
     RESUME_COUNT_TAG,
     RUNNING,
     next_resume_count,
+    process_identity,
 )
 from began.tracking.remote_checkpoints import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
 from began.tracking.remote_checkpoints import RemoteCheckpoints
 from began.tracking.urls import local_path, mask_url
 
 MAX_DIGEST_LENGTH = 36  # MLflow's datasets table
+# MLflow's default: a 1,500-step CPU demo trial (~80 s) gets 8 samples, a GPU run of hours
+# thousands, and each sample is one small log_batch. $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+# overrides it.
+SYSTEM_METRICS_INTERVAL_S = 10.0
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's own: what the data was used for
 
 
 class MlflowTracker:
     """One MLflow run: a new one (created by `create`), or an existing one (`run_id`) to
-    continue, to add evaluations to, or to end. `tags` are set when the run is created."""
+    continue, to add evaluations to, or to end. `tags` are set when the run is created.
+    `system_metrics`: sample the machine into the run while this process trains it (from
+    `start` until `finish` or `stop_system_metrics`), under the node id host:pid."""
 
     def __init__(
         self,
@@ -65,6 +75,7 @@ class MlflowTracker:
         parent_run_id: str | None = None,
         run_option: str = "--resume",
         tags: dict[str, str] | None = None,
+        system_metrics: bool = True,
     ) -> None:
         import mlflow
         from mlflow.entities import Metric
@@ -86,6 +97,8 @@ class MlflowTracker:
         self.experiment_id = ""
         self.artifact_dir: Path | None = None
         self._dataset: tuple[str, str] | None = None  # (name, digest) once logged
+        self._system_metrics = system_metrics
+        self._monitor: Any = None  # MLflow's SystemMetricsMonitor while the run trains here
         if run_id is not None:
             try:
                 self._attach(self.client.get_run(run_id))
@@ -150,6 +163,38 @@ class MlflowTracker:
         # Counted once here, not in the retried writes below.
         tags = {**tags, RESUME_COUNT_TAG: next_resume_count(run.data.tags, run.data.params)}
         with_retries(lambda: self._start(cfg, tags, run), f"starting run {self.run_id}")
+        if self._system_metrics:
+            self._start_system_metrics()
+
+    def _start_system_metrics(self) -> None:
+        """MLflow's monitor thread for this run, continuing the run's system steps (a
+        resumed run adds to them). A machine it cannot sample costs the run its system
+        metrics, never the run itself."""
+        if self._monitor is not None:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            if "tracking_uri" not in inspect.signature(SystemMetricsMonitor).parameters:
+                # Before MLflow 3.7 the monitor writes to the process's default store,
+                # which need not be this run's.
+                raise RuntimeError("they need MLflow >= 3.7")
+            monitor = SystemMetricsMonitor(
+                self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=True,
+                node_id=process_identity(), tracking_uri=self.tracking_uri,
+            )  # fmt: skip
+            monitor.start()
+        except Exception as error:  # psutil missing, a store that refuses the first read
+            warnings.warn(f"run {self.run_id}: no system metrics: {first_line(error)}",
+                          stacklevel=2)  # fmt: skip
+            return
+        self._monitor = monitor
+
+    def stop_system_metrics(self) -> None:
+        """Stop the monitor thread and write its last samples (nothing when none runs)."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.finish()
 
     def _start(self, cfg: TrainConfig, tags: dict[str, str], run: Any) -> None:
         if run.info.status != RUNNING:
@@ -270,6 +315,7 @@ class MlflowTracker:
         if not self.run_id:
             return  # never created: nothing to mark
         try:
+            self.stop_system_metrics()  # its last samples land while the run is RUNNING
             self._writer.close()
         finally:
             if error is not None:

@@ -4,6 +4,8 @@ run's restarts. No MLflow here: `mlflow_tracker` and `memory_tracker` implement 
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,8 +55,17 @@ class Tracker(Protocol):
     ) -> None: ...
     def has_models(self) -> bool: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
-    def finish(self, status: str, error: str | None = None) -> None: ...
+    def finish(self, status: str, error: str | None = None) -> None: ...  # stops the below too
+    # Stop sampling the machine into the run (system metrics, from `start` on): a process
+    # that lets a run go without finishing it (another worker took it over) calls it.
+    def stop_system_metrics(self) -> None: ...
     def close(self) -> None: ...  # write what is queued; the status stays as it is
+
+
+def process_identity() -> str:
+    """host:pid of this process: who started a run (the `process` tag) and whose system
+    metrics a run holds (their node id)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def next_resume_count(tags: dict[str, str], params: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ from began.config import ConfigError, TrainConfig
 from began.core.step import train_step
 from began.data import BatchSampler, ImageSet, load_images, split_holdout
 from began.tracking import FAILED, FINISHED, KILLED, RUNNING, Tracker
+from began.training.device import configure_device
 from began.training.interrupts import RunAbandoned, StopFlag, deferred_interrupts
 from began.training.learner import Learner, build_learner, resolve_device, restore
 from began.training.provenance import dataset_input, run_tags
@@ -165,6 +166,7 @@ def open_run(
     tracker.create()
     try:
         device = resolve_device(cfg.device)
+        configure_device(cfg, device)  # before the data or the networks go to the device
         dataset, train_images, heldout = (data or DataCache()).get(cfg, device, quiet, cache_dir)
         learner = build_learner(cfg, device)
         checkpoint = _checkpoint_to_resume(tracker, dataset)
@@ -192,6 +194,7 @@ def open_run(
         if learner.state.step == 0:
             recorder.log_grids()  # what training starts from, and a grid for the UI at once
     except BaseException as error:
+        tracker.stop_system_metrics()  # started with the run: it must not outlive this call
         recorder.close()
         quiet_stop = isinstance(error, RunAbandoned | TrainingInterrupted)
         if not quiet_stop and _still_running(tracker):
@@ -231,6 +234,9 @@ def end_run(run: OpenRun, error: BaseException | None = None) -> None:
         _finish_quietly(run.tracker, KILLED, INTERRUPTED_TWICE)
     else:
         _mark_failed(run.tracker, error)
+    # Each end above stopped the run's system metrics (finish) but a run let go: another
+    # worker has it now, and this process's monitor must not go on writing into it.
+    run.tracker.stop_system_metrics()
     run.recorder.close()
 
 

@@ -3,9 +3,7 @@ network. Logged as run tags when a run starts (`run_tags`)."""
 
 from __future__ import annotations
 
-import os
 import platform
-import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +15,7 @@ from began.config import TrainConfig
 from began.data import ImageSet
 from began.data.sampler import holdout_count
 from began.metrics import get_metric, inception, parse_metrics
+from began.tracking import process_identity
 
 PACKAGES = ("began-toolkit", "torch", "torchvision", "mlflow", "optuna", "numpy", "scikit-image")
 
@@ -67,7 +66,7 @@ PROCESS_TAG = "process"  # host:pid of the process that last started (or continu
 def run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict[str, str]:
     """The tags a run starts with: what it ran on and what it was trained and scored on."""
     tags = {
-        PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}",
+        PROCESS_TAG: process_identity(),
         "git_commit": git_commit(),
         "packages": package_versions(),
         "device": str(device),

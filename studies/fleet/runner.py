@@ -64,14 +64,17 @@ def _real_statistics(spec: StudySpec, device_name: str) -> None:
     import torch
 
     from began.metrics.real_stats import real_statistics
+    from began.training.device import use_cuda_device
     from began.training.learner import resolve_device
 
+    device = resolve_device(device_name)
+    use_cuda_device(device)
     cfg = spec.base_config
     dataset = load_images(cfg.data, cfg.image_size, cfg.crop, cfg.keep_grayscale, spec.cache_dir)
     real_statistics(
         torch.from_numpy(dataset.images),
         dataset.fingerprint,
-        resolve_device(device_name),
+        device,
         spec.cache_dir,
         cfg.feature_network or None,
         max_reference=cfg.reference_size,

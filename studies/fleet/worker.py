@@ -90,6 +90,9 @@ def worker_main(spec: StudySpec, index: int, device: str, threads: int, parent_r
     """The entry point of a worker process (started by `studies.fleet.runner`)."""
     import torch
 
+    from began.training.device import use_cuda_device
+
+    use_cuda_device(torch.device(device))  # before any CUDA work, so none of it lands on GPU 0
     torch.set_num_threads(threads)  # N workers on one CPU must not oversubscribe its cores
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"  # read when MLflow is first imported, below
