@@ -351,3 +351,37 @@ def test_a_packed_sweep_gives_the_trial_values_of_an_unpacked_one(tmp_path, migr
             assert client.list_artifacts(run.info.run_id, "images")
     for gamma, value in values[1].items():
         assert values[2][gamma] == pytest.approx(value, rel=1e-3, abs=1e-4), gamma
+
+
+def test_a_pack_out_of_memory_continues_its_trials_in_smaller_packs(
+    tmp_path, migrated_mlflow_db, monkeypatch, capsys
+):
+    # The first pack's step runs out of device memory: its trials go back to their last
+    # checkpoints, without using a retry, and the worker packs half as many from then on.
+    from began.training import pack as pack_module
+    from studies.schema import RETRY_HISTORY_ATTR
+
+    shutil.copyfile(migrated_mlflow_db, tmp_path / "mlflow.db")
+    spec = replace(tiny_spec(tmp_path, "oom", [0.3, 0.5, 0.7], steps=12), pack=2)
+    real_step, calls = pack_module.TrainingPack.step, []
+
+    def step(self, samplers):
+        calls.append(len(samplers))
+        if len(calls) == 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, samplers)
+
+    monkeypatch.setattr(pack_module.TrainingPack, "step", step)
+    assert run_worker_here(spec) == 0
+    assert "this worker now packs 1" in capsys.readouterr().err
+    assert calls[4:] == [2]  # no pack after the failed one: it halved to 1
+    done = [t for t in trials(tmp_path, "oom") if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["gamma"] for t in done) == [0.3, 0.5, 0.7]
+    stopped = [t for t in trials(tmp_path, "oom") if t.state == TrialState.FAIL]
+    assert len(stopped) == 2  # the pack's two trials, each continued by a copy
+    for trial in stopped:
+        assert "out of memory" in trial.user_attrs["reason"]
+    for trial in done:  # a continuation, but no crash on the record: no retry used
+        assert not trial.system_attrs.get(RETRY_HISTORY_ATTR)
+    client, _, children = child_runs(tmp_path, "oom")
+    assert sorted(r.info.status for r in children) == ["FINISHED"] * 3  # one run per point

@@ -37,6 +37,7 @@ from began.training.provenance import dataset_input, run_tags
 from began.training.recorder import (
     STOPPED,
     EvalReport,
+    PackOutOfMemory,
     RunRecorder,
     StopDecision,
     TrainingDiverged,
@@ -49,6 +50,7 @@ __all__ = [
     "DataCache",
     "EvalReport",
     "OpenRun",
+    "PackOutOfMemory",
     "RunAbandoned",
     "StopFlag",
     "StopDecision",
@@ -230,6 +232,8 @@ def end_run(run: OpenRun, error: BaseException | None = None) -> None:
     while stopping marks it KILLED without a checkpoint, any other error marks it FAILED."""
     if error is None or isinstance(error, TrainingInterrupted | RunAbandoned):
         pass  # it finished, or it stopped and the recorder said so
+    elif isinstance(error, PackOutOfMemory):
+        _finish_quietly(run.tracker, KILLED, str(error))
     elif isinstance(error, KeyboardInterrupt):
         _finish_quietly(run.tracker, KILLED, INTERRUPTED_TWICE)
     else:

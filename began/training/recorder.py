@@ -79,6 +79,12 @@ class TrainingDiverged(RuntimeError):
     """M_global or the weights became NaN or infinite; the run is marked FAILED."""
 
 
+class PackOutOfMemory(RuntimeError):
+    """A pack's step ran out of device memory. Its runs are marked KILLED without a new
+    checkpoint (a step cut short may have updated part of the weights; the last checkpoint
+    stands) and continue from it, in smaller packs."""
+
+
 class EvalWindow:
     """M_global summed on the device, in one place for both of its uses: since the last
     evaluation (an evaluation reports the mean, not one noisy step) and since the last

@@ -14,11 +14,22 @@ between steps, each with a checkpoint.
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+import torch
+
+from began.errors import first_line
 from began.training.interrupts import RunAbandoned, StopFlag
-from began.training.loop import OpenRun, TrainingInterrupted, TrainResult, end_run, step_once
+from began.training.loop import (
+    OpenRun,
+    PackOutOfMemory,
+    TrainingInterrupted,
+    TrainResult,
+    end_run,
+    step_once,
+)
 from began.training.pack import TrainingPack, pack_key
 
 Outcome = TrainResult | BaseException  # how a run left the loop
@@ -32,7 +43,8 @@ def train_runs(
 ) -> None:
     """Train `runs` until each has ended, handing each run's outcome to `on_end` as it
     ends: its TrainResult, or the exception that ended it (the run then marked FAILED;
-    TrainingInterrupted: checkpointed and KILLED; RunAbandoned: untouched). Runs of one
+    TrainingInterrupted: checkpointed and KILLED; RunAbandoned: untouched; PackOutOfMemory:
+    KILLED, its last checkpoint kept, to continue in a smaller pack). Runs of one
     architecture step together as one model. After each step `more(n running)` may add
     runs (a study's worker refilling its pack).
 
@@ -65,7 +77,7 @@ def train_runs(
                 elif run.recorder.complete:  # resumed after a kill in its final record
                     end(run, _finished(run))
             for key, group in _groups(active, keys).items():
-                _step(group, packs.of(key, group), end)
+                _step(group, packs.of(key, group), packs, end)
             if more is not None and not stop_flag:
                 join(more(len(active)))
     except KeyboardInterrupt as second:  # a second Ctrl-C: no checkpoints, every run KILLED
@@ -94,6 +106,11 @@ class Packs:
             pack = self._by_key[key] = TrainingPack(learners)
         return pack
 
+    def drop(self, pack: TrainingPack) -> None:
+        """Forget a pack whose step failed, leaving its learners its own tensors."""
+        pack.release()
+        self._by_key = {key: kept for key, kept in self._by_key.items() if kept is not pack}
+
     def release_all(self) -> None:
         for pack in self._by_key.values():
             pack.release()
@@ -109,10 +126,14 @@ def _groups(runs: list[OpenRun], keys: dict[int, tuple]) -> dict[tuple, list[Ope
 
 
 def _step(
-    group: list[OpenRun], pack: TrainingPack | None, end: Callable[[OpenRun, Outcome], None]
+    group: list[OpenRun],
+    pack: TrainingPack | None,
+    packs: Packs,
+    end: Callable[[OpenRun, Outcome], None],
 ) -> None:
     """One step of every run of a group (as its pack when it has one), then each run's
     record of it."""
+    out_of_memory = ""
     try:
         if pack is None:
             results = [step_once(group[0].learner, group[0].sampler)]
@@ -120,9 +141,27 @@ def _step(
             results = pack.step([r.sampler for r in group])
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as error:  # the fused step failed (out of memory): every run of it
+    except torch.OutOfMemoryError as error:
+        if pack is None:  # alone and still too big: the trial's own failure
+            end(group[0], error)
+            return
+        out_of_memory = first_line(error)  # handled below, once the traceback is gone
+    except BaseException as error:  # the fused step failed: every run of it
         for run in group:
             end(run, error)
+        return
+    if out_of_memory:
+        # The pack's runs go back to their last checkpoints, to continue in smaller packs
+        # (a step cut short may have updated part of the weights); the memory the failed
+        # step held is given back first.
+        packs.drop(pack)
+        _free_device_memory(group[0].learner.device)
+        why = PackOutOfMemory(
+            f"out of memory on {group[0].learner.device} in a pack of {len(group)}: "
+            f"continues from its last checkpoint in a smaller pack ({out_of_memory})"
+        )
+        for run in group:
+            end(run, why)
         return
     for run, (metrics, lr) in zip(group, results, strict=True):
         try:
@@ -134,6 +173,12 @@ def _step(
             continue
         if run.recorder.complete:
             end(run, _finished(run))
+
+
+def _free_device_memory(device: torch.device) -> None:
+    gc.collect()  # the failed step's tensors, if reference cycles still hold them
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _finished(run: OpenRun) -> Outcome:

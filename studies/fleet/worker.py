@@ -35,7 +35,13 @@ from began.errors import first_line, one_line
 from began.retry import RETRY_WAITS_S
 from began.tracking import FAILED, MlflowTracker
 from began.training.interrupts import RunAbandoned, StopFlag, deferred_interrupts
-from began.training.loop import DataCache, OpenRun, TrainingInterrupted, TrainResult
+from began.training.loop import (
+    DataCache,
+    OpenRun,
+    PackOutOfMemory,
+    TrainingInterrupted,
+    TrainResult,
+)
 from studies.fleet.optuna_private import storage_of, trial_id_of
 from studies.fleet.queue import (
     Heartbeats,
@@ -132,6 +138,8 @@ class Worker:
         self.nothing_left = False
         self.interrupted = False
         self.failures = 0  # storage errors in a row
+        self.pack = spec.pack  # halved when a pack runs out of device memory
+        self.last_out_of_memory: PackOutOfMemory | None = None
 
     def run(self) -> int:
         try:
@@ -151,7 +159,7 @@ class Worker:
         opened: list[OpenRun] = []
         if running and time.monotonic() < self.next_look:
             return opened
-        while running + len(opened) < self.spec.pack and not self.stop:
+        while running + len(opened) < self.pack and not self.stop:
             trial = self.next()
             if not isinstance(trial, optuna.Trial):
                 self.nothing_left = trial is None and not running and not opened
@@ -218,6 +226,14 @@ class Worker:
             stop_trial(study, trial)
             self.interrupted = True
             return
+        if isinstance(ended, PackOutOfMemory):  # not the trial's fault: no retry used
+            if ended is not self.last_out_of_memory:  # once per pack, not once per trial
+                self.last_out_of_memory = ended
+                self.pack = max(1, self.pack // 2)
+                print(f"{started.name}: {ended}; this worker now packs {self.pack}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            stop_trial(study, trial, reason=f"{ended}")
+            return
         if isinstance(ended, RunAbandoned | optuna.exceptions.UpdateFinishedTrialError):
             _taken_over(trial)
             return
@@ -239,12 +255,15 @@ class Worker:
             retrying_unless_finished(lambda: _tell(study, trial, state=outcome.state))
 
 
-def stop_trial(study: optuna.Study, trial: optuna.Trial) -> None:
-    """A trial stopped by a signal (checkpointed, its run KILLED): queued to continue,
-    then marked FAIL. In that order: a second signal in between then leaves a queued copy
+def stop_trial(
+    study: optuna.Study, trial: optuna.Trial, reason: str = "interrupted (stop signal)"
+) -> None:
+    """A trial stopped by a signal (checkpointed, its run KILLED), or by a pack out of
+    memory (its last checkpoint kept): queued to continue, then marked FAIL. In that
+    order: a second signal in between then leaves a queued copy
     (or, before it, a RUNNING trial that becomes stale), never a failed trial nobody
     continues; and continue_later never queues one trial twice."""
-    retrying_unless_finished(lambda: trial.set_user_attr(REASON_ATTR, "interrupted (stop signal)"))
+    retrying_unless_finished(lambda: trial.set_user_attr(REASON_ATTR, reason))
     frozen = retrying_unless_finished(lambda: storage_of(study).get_trial(trial_id_of(trial)))
     retrying_unless_finished(lambda: continue_later(study, frozen, crashed=False))
     retrying_unless_finished(lambda: _tell(study, trial, state=TrialState.FAIL))
