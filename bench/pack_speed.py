@@ -187,7 +187,7 @@ def operation_rows(shared_fake: bool) -> dict:
     """The --ops measurements (CPU), printed as a table and returned for the JSON line."""
     torch.set_num_threads(1)
     full = TrainConfig(image_size=32, filters=16, hidden=32, repeat=1, batch_size=BATCH,
-                       device="cpu", channels_last=False, shared_fake=shared_fake)  # fmt: skip
+                       device="cpu", shared_fake=shared_fake)  # fmt: skip
     tiny = replace(full, filters=1, hidden=2, batch_size=1)
     result: dict = {key: {} for key in ("ops_per_step", "ops_per_trial", "host_ms_per_step",
                                         "host_ms_per_trial")}  # fmt: skip

@@ -275,7 +275,6 @@ def test_gpu_check_releases_its_training_processes_together():
     assert outcome.values["aggregate_images_per_s"] > 0
 
 
-@pytest.mark.slow
 def test_gpu_check_quick_prints_every_row_on_a_cpu(tmp_path):
     """`bash bench/gpu_check.sh --quick`: every row in the table and in the JSON, the
     correctness and speed rows passing, within its 90 s."""

@@ -40,9 +40,13 @@ def weights(learner) -> list[torch.Tensor]:
     return [*learner.G.parameters(), *learner.D.parameters()]
 
 
-@pytest.mark.parametrize("shared_fake", [False, True])
-def test_a_pack_trains_each_trial_as_it_trains_alone(shared_fake):
-    cfgs = configs(shared_fake=shared_fake)
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"shared_fake": True}, {"channels_last": True, "skip": True, "repeat": 2}],
+    ids=["paper step", "shared fake", "NHWC, skip, repeat 2"],
+)
+def test_a_pack_trains_each_trial_as_it_trains_alone(variant):
+    cfgs = configs(**variant)
     alone = [build_learner(c, torch.device("cpu")) for c in cfgs]
     packed = [build_learner(c, torch.device("cpu")) for c in cfgs]
     samplers = [[BatchSampler(images(), 4, c.seed) for c in cfgs] for _ in range(2)]

@@ -46,8 +46,12 @@ class StackedWeights:
 class StackedLayout:
     """Where each parameter of G and D lies in the flat tensor of N trials."""
 
-    def __init__(self, G: Generator, D: Discriminator, trials: int) -> None:
+    def __init__(
+        self, G: Generator, D: Discriminator, trials: int, channels_last: bool = False
+    ) -> None:
         self.trials = trials
+        # NHWC activations: oneDNN's and cuDNN's faster layout, as for a single run.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # The networks' structure without their weights: the forward reads strides,
         # paddings and sizes from them, and the weights from the flat tensor.
         self.G = copy.deepcopy(G).to("meta")
@@ -86,11 +90,12 @@ class StackedLayout:
 
     def generator(self, w: Weights, z: torch.Tensor) -> torch.Tensor:
         """G of N trials: (N, B, h) -> (N, B, 3, S, S)."""
-        return _decode(self.G.decoder, w, "G.decoder", z)
+        return _decode(self.G.decoder, w, "G.decoder", z, self.memory_format)
 
     def discriminator(self, w: Weights, x: torch.Tensor) -> torch.Tensor:
         """D of N trials: (N, B, 3, S, S) -> (N, B, 3, S, S), the reconstructions."""
-        return _decode(self.D.decoder, w, "D.decoder", _encode(self.D.encoder, w, "D.encoder", x))
+        h = _encode(self.D.encoder, w, "D.encoder", x, self.memory_format)
+        return _decode(self.D.decoder, w, "D.decoder", h, self.memory_format)
 
 
 def _stacked_shape(kind: type, p: nn.Parameter, trials: int) -> tuple[int, ...]:
@@ -101,16 +106,16 @@ def _stacked_shape(kind: type, p: nn.Parameter, trials: int) -> tuple[int, ...]:
     raise TypeError(f"no stacked form for a {kind.__name__} parameter")
 
 
-def _to_channels(x: torch.Tensor) -> torch.Tensor:
+def _to_channels(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
     """(N, B, C, H, W) -> (B, N*C, H, W): trial i's channels are the i-th group."""
     n, b, c, h, w = x.shape
-    return x.transpose(0, 1).reshape(b, n * c, h, w)
+    return x.transpose(0, 1).reshape(b, n * c, h, w).contiguous(memory_format=memory_format)
 
 
 def _from_channels(x: torch.Tensor, trials: int) -> torch.Tensor:
     """(B, N*C, H, W) -> (N, B, C, H, W)."""
     b, nc, h, w = x.shape
-    return x.view(b, trials, nc // trials, h, w).transpose(0, 1)
+    return x.reshape(b, trials, nc // trials, h, w).transpose(0, 1)
 
 
 def _conv(conv: nn.Conv2d, w: Weights, name: str, x: torch.Tensor, trials: int) -> torch.Tensor:
@@ -136,21 +141,25 @@ def _sequential(layers: nn.Module, w: Weights, name: str, x: torch.Tensor, trial
     return x
 
 
-def _encode(encoder: Encoder, w: Weights, name: str, x: torch.Tensor) -> torch.Tensor:
+def _encode(
+    encoder: Encoder, w: Weights, name: str, x: torch.Tensor, memory_format: torch.memory_format
+) -> torch.Tensor:
     """As `Encoder.forward`, for N trials: (N, B, 3, S, S) -> (N, B, h)."""
     trials, batch = x.shape[:2]
-    x = _sequential(encoder.stem, w, f"{name}.stem", _to_channels(x), trials)
+    x = _sequential(encoder.stem, w, f"{name}.stem", _to_channels(x, memory_format), trials)
     x = _sequential(encoder.blocks, w, f"{name}.blocks", x, trials)  # (B, N*C, 8, 8)
-    features = x.view(batch, trials, -1).transpose(0, 1)  # (N, B, C*8*8), C-major as flatten(1)
+    features = x.reshape(batch, trials, -1).transpose(0, 1)  # (N, B, C*8*8), C-major as flatten(1)
     return _linear(w, f"{name}.to_hidden", features)
 
 
-def _decode(decoder: Decoder, w: Weights, name: str, h: torch.Tensor) -> torch.Tensor:
+def _decode(
+    decoder: Decoder, w: Weights, name: str, h: torch.Tensor, memory_format: torch.memory_format
+) -> torch.Tensor:
     """As `Decoder.forward`, for N trials: (N, B, h) -> (N, B, 3, S, S)."""
     trials, batch = h.shape[:2]
     n = decoder.filters
     h0 = _linear(w, f"{name}.from_hidden", h).view(trials, batch, n, BASE_SIZE, BASE_SIZE)
-    h0 = _to_channels(h0)  # (B, N*n, 8, 8)
+    h0 = _to_channels(h0, memory_format)  # (B, N*n, 8, 8)
     x = h0
     for scale, block in enumerate(decoder.blocks):
         if scale > 0:

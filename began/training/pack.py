@@ -82,7 +82,7 @@ class TrainingPack:
         first = self.learners[0]
         self.cfg, self.device = first.cfg, first.device
         n = len(self.learners)
-        self.layout = StackedLayout(first.G, first.D, n)
+        self.layout = StackedLayout(first.G, first.D, n, self.cfg.channels_last)
         self._stack_weights()
         self._stack_rule()
         # z of every trial, drawn into one buffer: views made once, not at every step.
@@ -90,6 +90,11 @@ class TrainingPack:
         self._noise_slots = [(self._noise[0, i], self._noise[1, i]) for i in range(n)]
         self._losses = stacked_losses
         if self.cfg.compile != "off":
+            # The weights stay where they are for the pack's life: CUDA graphs
+            # (reduce-overhead) may read them in place instead of copying them in each step.
+            for weights in (self.weights.trainable, self.weights.shadow or {}):
+                for leaf in weights.values():
+                    torch._dynamo.mark_static_address(leaf)
             self._losses = torch.compile(stacked_losses, mode=self.cfg.compile, fullgraph=True)
 
     def _stack_weights(self) -> None:
