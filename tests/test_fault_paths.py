@@ -143,7 +143,9 @@ def test_a_run_that_died_while_logging_its_models_is_finished_by_its_retry(tmp_p
 
 
 def test_a_retry_on_another_device_does_not_relog_a_changed_param(tmp_path):
-    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", experiment="device")
+    # Started, never finished: no system-metrics thread to outlive the test.
+    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", experiment="device",
+                            system_metrics=False)  # fmt: skip
     tracker.start(tiny(device="cpu"), {"device": "cpu"}, resumed=False)
     # The first attempt died before its first checkpoint; the retry runs elsewhere.
     tracker.start(tiny(device="auto"), {"device": "cpu"}, resumed=False)
@@ -171,7 +173,8 @@ def test_a_start_killed_midway_counts_as_a_start_exactly_when_its_process_tag_is
             raise Killed  # the first write of that kind during a start
         return original(self, *args, **kwargs)
 
-    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", experiment="killed-start")
+    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", experiment="killed-start",
+                            system_metrics=False)  # fmt: skip
     tracker.create()
     with monkeypatch.context() as patch:
         patch.setattr(owner, dies_in, dies)

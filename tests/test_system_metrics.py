@@ -28,17 +28,30 @@ MONITOR_THREAD = "SystemMetricsMonitor"  # MLflow's name for its thread
 def sampled_often(monkeypatch):
     """Samples every 0.1 s, and steps slow enough for several of them in a tiny run."""
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
+    EARLIER.clear()
+    EARLIER.update(monitor_threads())
     real_step = loop_module.step_once
 
     def slow_step(*args):
-        time.sleep(0.1)
+        # MLflow's monitor logs nothing before its first sample window closes, which takes
+        # its own start-up (psutil, NVML) plus 0.1 s: on a loaded machine more than a
+        # second, so the run lasts a few.
+        time.sleep(0.3)
         return real_step(*args)
 
     monkeypatch.setattr(loop_module, "step_once", slow_step)
 
 
-def monitors_running() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == MONITOR_THREAD and t.is_alive()]
+def monitor_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == MONITOR_THREAD and t.is_alive()}
+
+
+EARLIER: set[threading.Thread] = set()  # monitors of runs outside these tests
+
+
+def monitors_running() -> set[threading.Thread]:
+    """The monitor threads started during this test and still running."""
+    return monitor_threads() - EARLIER
 
 
 def the_run(uri: str):
