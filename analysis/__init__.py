@@ -10,9 +10,11 @@ In a notebook:
     from analysis import load_runs, load_history, load_trials
     df = load_runs(study="NAME")                          # one row per trial
     hist = load_history(df.run_id, ["m_global", "k"])     # run_id, key, step, value
+    verdicts = load_verdicts("reports/NAME")              # from report.json (--format json)
 """
 
 from analysis.data import load_runs, load_trials
 from analysis.history import load_history
+from analysis.verdicts import load_verdicts
 
-__all__ = ["load_history", "load_runs", "load_trials"]
+__all__ = ["load_history", "load_runs", "load_trials", "load_verdicts"]

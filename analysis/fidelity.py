@@ -21,6 +21,7 @@ from analysis.sections import (
     knn_columns,
     spearman,
 )
+from analysis.verdicts import seed_variation_measured
 from studies.collapse import MEANING, is_collapsed, near_collapse_signs
 from studies.pruning import HealthRule
 
@@ -35,12 +36,24 @@ def fidelity_vs_diversity(inputs: ReportInputs) -> Section:
     done = runs[runs["state"] == "COMPLETE"]
     columns = knn_columns(done) if "gamma" in done else {}
     table = rho_table(done, columns)
-    notes = [verdict(table, columns), *collapse_notes(runs)]
+    notes = [verdict(table, columns), seed_caveat(done), *collapse_notes(runs)]
     fig = None
     if columns:
         plotted = done.dropna(subset=list(columns.values()), how="all")
         fig = figures.fidelity_diversity(plotted, columns) if len(plotted) else None
     return Section("fidelity", TITLE, _HELP, table, fig, notes)
+
+
+def seed_caveat(done: pd.DataFrame) -> str:
+    """What the trend is worth against the seed: Spearman counts every trial as a point."""
+    if "gamma" not in done or not len(done):
+        return ""
+    if seed_variation_measured(done, ["gamma"]):
+        return ("Spearman counts each trial as a point; whether two gammas differ beyond "
+                "their seed variation is in 'Settings across seeds'.")  # fmt: skip
+    return ("Spearman counts each trial as an independent point, and with one seed per "
+            "gamma no seed variation was measured: a trend here may be what a reseed "
+            "moves.")  # fmt: skip
 
 
 def rho_table(done: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:

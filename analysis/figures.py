@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import cm, colors  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from studies.schema import OBJECTIVE_PREFIX  # noqa: E402
@@ -163,6 +164,7 @@ def pareto(done: pd.DataFrame, names: list[str], directions: list[str], best: li
         ordered = done.sort_values("trial")
         ax.plot(ordered["trial"], ordered[cols[0]], marker="o", color="C0", lw=0.8)
         ax.set(xlabel="trial", ylabel=f"{names[0]} ({directions[0]})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
         x, y = done.loc[is_best, "trial"], done.loc[is_best, cols[0]]
     else:
         ax.scatter(done[cols[0]], done[cols[1]], color="C0", s=30)
@@ -252,4 +254,40 @@ def montage(tiles: list[tuple[Image.Image, str]], columns: int, title: str = "")
         ax.set_title(label, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11, y=1 - 0.1 / height)
+    return fig
+
+
+def setting_means(table: pd.DataFrame) -> Figure:
+    """Each setting's mean over its seeds with its interval, one panel per objective."""
+    objectives = list(dict.fromkeys(table["objective"]))
+    fig = Figure(figsize=(4.6 * len(objectives), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(objectives))).ravel()
+    for ax, objective in zip(axes, objectives, strict=True):
+        mine = table[table["objective"] == objective].reset_index(drop=True)
+        x = np.arange(len(mine))
+        low = (mine["mean"] - mine["ci_low"]).fillna(0)
+        high = (mine["ci_high"] - mine["mean"]).fillna(0)
+        ax.errorbar(x, mine["mean"], yerr=[low, high], fmt="o", color="C0", capsize=4)
+        ax.set_xticks(x, mine["setting"], rotation=30, ha="right", fontsize=8)
+        ax.set(title=f"{objective}: mean and 95% interval over seeds")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def budget_curves(curves: pd.DataFrame) -> Figure:
+    """Expected best objective against the number of trials, with its 5-95% band."""
+    objectives = list(dict.fromkeys(curves["objective"]))
+    fig = Figure(figsize=(4.6 * len(objectives), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(objectives))).ravel()
+    for ax, objective in zip(axes, objectives, strict=True):
+        for i, (study, mine) in enumerate(curves[curves["objective"] == objective].groupby(
+                "study", sort=False)):  # fmt: skip
+            colour = f"C{i}"
+            ax.fill_between(mine["n_trials"], mine["low"], mine["high"], color=colour, alpha=0.15)
+            ax.plot(mine["n_trials"], mine["expected_best"], color=colour, marker="o", ms=3,
+                    label=study)  # fmt: skip
+        ax.set(title=objective, xlabel="trials in the search", ylabel="expected best")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     return fig

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import html
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from analysis.figures import STATE_COLOURS
 from analysis.sections import Section
 from studies.tables import format_cell, markdown_table
 
-FORMATS = ("html", "md")
+FORMATS = ("html", "md", "json")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
@@ -52,7 +54,36 @@ def write_report(
     if "md" in formats:
         written.append(out / "report.md")
         written[-1].write_text(to_markdown(sections, header), encoding="utf-8")
+    if "json" in formats:
+        written.append(out / "report.json")
+        written[-1].write_text(to_json(sections, header), encoding="utf-8")
     return written
+
+
+def to_json(sections: Sequence[Section], header: dict[str, str]) -> str:
+    """The answers for a program to read: the header, and each section's `data` lists
+    (`verdicts`, `budget_curves`), present and empty when a section had none."""
+    document: dict = {"header": dict(header), "verdicts": [], "budget_curves": []}
+    for section in sections:
+        for key, values in section.data.items():
+            document.setdefault(key, []).extend(values)
+    return json.dumps(_plain(document), indent=1, allow_nan=False) + "\n"
+
+
+def _plain(value: object) -> object:
+    """JSON's values: numpy numbers as Python's, NaN and infinities as null."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, bool | str) or value is None:
+        return value
+    if isinstance(value, int | float) or hasattr(value, "item"):
+        number = value.item() if hasattr(value, "item") else value
+        if isinstance(number, float) and not math.isfinite(number):
+            return None
+        return number
+    return str(value)
 
 
 def to_html(sections: Sequence[Section], header: dict[str, str], folder: Path) -> str:

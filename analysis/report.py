@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import fidelity, gallery, sections
+from analysis import fidelity, gallery, sections, seeds
 from analysis.data import load_runs, open_study
 from analysis.history import load_history
 from analysis.render import FORMATS, write_report
@@ -29,9 +29,10 @@ from studies.records import best_trials
 from studies.schema import REPORT_FOLDER, RUN_ID_ATTR
 
 SECTIONS = (
-    sections.summary, sections.curves, sections.equilibrium, sections.quality_by_gamma,
-    fidelity.fidelity_vs_diversity, sections.pareto, sections.mglobal_vs_quality,
-    gallery.samples, gallery.samples_over_training, sections.importance,
+    sections.summary, seeds.across_seeds, sections.curves, sections.equilibrium,
+    sections.quality_by_gamma, fidelity.fidelity_vs_diversity, sections.pareto, seeds.budget,
+    sections.mglobal_vs_quality, gallery.samples, gallery.samples_over_training,
+    sections.importance,
 )  # fmt: skip
 
 
@@ -41,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )  # fmt: skip
     add_source_options(parser)
-    parser.add_argument("--format", default="html,md", help="any of html, md (PNGs always)")
+    parser.add_argument("--format", default="html,md", help="any of html, md, json (the "
+                        "verdicts and budget curves; PNGs and CSVs always)")  # fmt: skip
+    parser.add_argument("--compare", metavar="STUDY", help="another study (same --storage and "
+                        "--tracking-uri) whose search budget curves are drawn beside")  # fmt: skip
     parser.add_argument("--out", type=Path, help="folder (default: reports/NAME)")
     parser.add_argument("--run", help="the run whose grids over training are shown "
                         "(default: the best trial's)")  # fmt: skip
@@ -71,8 +75,10 @@ def load_source(args: argparse.Namespace) -> pd.DataFrame:
 def build_sections(
     runs: pd.DataFrame, window_steps: int = 1000, chosen_run: str | None = None,
     storage: str = DEFAULT_STORAGE, cache_dir: Path | None = None,
+    compared: pd.DataFrame | None = None,
 ) -> list[Section]:  # fmt: skip
-    """Every section of the report over `runs` (a `load_runs` frame)."""
+    """Every section of the report over `runs` (a `load_runs` frame; `compared`: another
+    study's, drawn beside it where a section compares studies)."""
     uri = runs.attrs.get("tracking_uri") or default_tracking_uri()
     run_ids = runs.loc[runs["current"], "run_id"].dropna()
     history = load_history(run_ids, [*CURVES, "images_per_s"], uri, cache_dir)
@@ -81,7 +87,7 @@ def build_sections(
         raise AnalysisError(f"--run {chosen_run}: not one of this report's runs")
     best = best_trials(study) if study is not None else []
     inputs = ReportInputs(runs, history, study, uri, window_steps,
-                          chosen_run or _default_run(runs, best), cache_dir)  # fmt: skip
+                          chosen_run or _default_run(runs, best), cache_dir, compared)  # fmt: skip
     out = []
     for make in SECTIONS:
         with warnings.catch_warnings():
@@ -121,10 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise AnalysisError(f"--format {','.join(unknown)}: choose from {', '.join(FORMATS)}")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     started = time.perf_counter()
+    if args.compare and not args.study:
+        raise AnalysisError("--compare: compares two studies; give the first with --study")
     runs = load_source(args)
+    compared = None
+    if args.compare:
+        compared = load_runs(study=args.compare, storage=args.storage,
+                             tracking_uri=args.tracking_uri)  # fmt: skip
     label = args.study or args.experiment or f"{len(runs)} runs"
     out = args.out or Path("reports") / label.replace("/", "_").replace(" ", "_")
-    built = build_sections(runs, args.window, args.run, args.storage)
+    built = build_sections(runs, args.window, args.run, args.storage, compared=compared)
     title = f"Study {label}" if args.study else f"Runs: {label}"
     write_report(built, header(runs, title), out, formats)
     parent = runs.attrs.get("parent_run_id")
@@ -134,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     logged = f"; logged to run {parent} under {REPORT_FOLDER}/"
     where = logged if parent and not args.no_log else ""
-    print(f"report: {out / ('report.html' if 'html' in formats else 'report.md')} "
+    document = next(f"report.{f}" for f in ("html", "md", "json") if f in formats)
+    print(f"report: {out / document} "
           f"({len(runs)} trials, {seconds:.1f} s{where})")  # fmt: skip
     return 0
 

@@ -44,6 +44,7 @@ class ReportInputs:
     window_steps: int = 1000
     chosen_run: str | None = None
     cache_dir: Path | None = None
+    compared: pd.DataFrame | None = None  # another study's load_runs (--compare), or None
 
     @property
     def current(self) -> pd.DataFrame:
@@ -59,6 +60,7 @@ class Section:
     table: pd.DataFrame
     figure: Figure | None
     notes: list[str] = field(default_factory=list)
+    data: dict = field(default_factory=dict)  # what report.json holds of it (lists by key)
 
 
 def param_columns(runs: pd.DataFrame) -> list[str]:

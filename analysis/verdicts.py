@@ -18,9 +18,11 @@ Plain functions of pandas frames: the report and notebooks call them alike.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -90,9 +92,10 @@ class Verdict:
 
 
 def compare_settings(
-    frame: pd.DataFrame, setting: list[str], metric: str, direction: str
+    frame: pd.DataFrame, setting: list[str], metric: str, direction: str, name: str = ""
 ) -> list[Verdict]:
-    """Every pair of settings with two seeds or more each, best mean first in each pair.
+    """Every pair of settings with two seeds or more each, best mean first in each pair, on
+    the column `metric` (called `name` in the verdicts, default the column's name).
     `direction`: "minimize" or "maximize" (which sign of the difference is better)."""
     if direction not in ("minimize", "maximize"):
         raise ValueError(f"direction: minimize or maximize, got {direction!r}")
@@ -104,7 +107,8 @@ def compare_settings(
             samples[setting_label(setting, values)] = group[metric].to_numpy(dtype=float)
     sign = 1.0 if direction == "minimize" else -1.0
     ranked = sorted(samples, key=lambda label: sign * samples[label].mean())
-    return [_welch(metric, a, b, samples[a], samples[b], sign) for a, b in combinations(ranked, 2)]
+    pairs = combinations(ranked, 2)
+    return [_welch(name or metric, a, b, samples[a], samples[b], sign) for a, b in pairs]
 
 
 def _welch(
@@ -169,3 +173,15 @@ def budget_curve(values: pd.Series | np.ndarray, direction: str) -> pd.DataFrame
             low, high = high, low  # the band in the metric's own order
         rows.append([k, float(chance @ x), float(low), float(high)])
     return pd.DataFrame(rows, columns=["n_trials", "expected_best", "low", "high"])
+
+
+def load_verdicts(report: str | Path) -> pd.DataFrame:
+    """The verdicts of a report written with `--format json`: one row per pair of settings
+    and objective. `report`: report.json or the folder that holds it."""
+    path = Path(report)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no report.json (write one with --format json)")
+    columns = [f.name for f in Verdict.__dataclass_fields__.values()]
+    return pd.DataFrame(json.loads(path.read_text())["verdicts"], columns=columns)

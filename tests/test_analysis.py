@@ -3,6 +3,7 @@ waiting trials), checked against the MLflow and Optuna records they come from.""
 
 import base64
 import io
+import json
 import math
 import pickle
 import re
@@ -159,6 +160,18 @@ def test_report_renders_every_section_with_its_tables_and_images(here, capsys):
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/report.html" in logged
     assert "report:" in capsys.readouterr().out
+
+
+def test_report_json_holds_the_budget_curves_and_says_no_seeds_were_compared(here):
+    assert report.main(["--study", NAME, "--out", "json", "--format", "json", "--no-log"]) == 0
+    document = json.loads((here / "json" / "report.json").read_text())
+    assert document["verdicts"] == []  # one seed per gamma: nothing to compare with
+    curves = {c["metric"]: c for c in document["budget_curves"]}
+    assert set(curves) == {"diversity_gap", "m_global"}
+    assert curves["m_global"]["n_trials"] == [1, 2]  # the two complete trials
+    best = pd.read_csv(here / "json" / "summary.csv")["m_global"].dropna().min()
+    assert curves["m_global"]["expected_best"][-1] == pytest.approx(best)
+    assert not (here / "json" / "report.html").exists()
 
 
 def test_progress_grids_of_a_chosen_run_and_a_runs_report(here):

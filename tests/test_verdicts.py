@@ -1,5 +1,6 @@
 """Seed-aware verdicts and budget curves against values computed by hand."""
 
+import json
 import math
 
 import pandas as pd
@@ -81,3 +82,68 @@ def test_the_budget_curve_is_the_expected_best_of_k_trials():
     mirrored = budget_curve([-3, -1, -4, -2], "minimize")
     assert mirrored["expected_best"].tolist() == pytest.approx([-2.5, -20 / 6, -3.75, -4])
     assert mirrored.iloc[1][["low", "high"]].tolist() == [-4, -2]
+
+
+def built_study(values: dict[float, list[float]]) -> pd.DataFrame:
+    """A load_runs-like frame of a sweep: one complete trial per (gamma, seed)."""
+    runs = sweep(values).rename(columns={"fid": "objective_fid"})
+    runs["trial"] = range(len(runs))
+    runs["state"], runs["current"] = "COMPLETE", True
+    runs["run_id"] = [f"r{i}" for i in range(len(runs))]
+    runs.attrs.update(objectives=["fid"], directions=["minimize"], params=["gamma"],
+                      study="built")  # fmt: skip
+    return runs
+
+
+def inputs_of(runs: pd.DataFrame):
+    from analysis.sections import ReportInputs
+
+    return ReportInputs(runs, pd.DataFrame(), None, "")
+
+
+def test_the_report_states_the_verdicts_and_report_json_holds_them(tmp_path):
+    from analysis import load_verdicts, seeds
+    from analysis.render import write_report
+
+    runs = built_study({0.5: [1, 2, 3], 0.7: [4, 5, 6], 0.9: [1, 3, 5]})
+    section = seeds.across_seeds(inputs_of(runs))
+    assert list(section.table["setting"]) == ["gamma=0.5", "gamma=0.7", "gamma=0.9"]
+    assert section.notes[0].startswith("1 of 3 pairs of settings differ")
+    assert section.notes[1].startswith("gamma=0.5 better than gamma=0.7 on fid")
+    curve = seeds.budget(inputs_of(runs))
+    write_report([section, curve], {"title": "built"}, tmp_path, ["json"])
+    document = json.loads((tmp_path / "report.json").read_text())
+    keys = {"metric", "a", "b", "difference", "ci_low", "ci_high", "n_seeds", "conclusive"}
+    assert len(document["verdicts"]) == 3 and keys <= set(document["verdicts"][0])
+    [budget] = document["budget_curves"]
+    assert budget["metric"] == "fid" and budget["n_trials"] == list(range(1, 10))
+    assert len(budget["expected_best"]) == len(budget["low"]) == len(budget["high"]) == 9
+    assert budget["expected_best"][-1] == 1  # all nine trials: the best of them
+    verdicts = load_verdicts(tmp_path)
+    assert list(verdicts["conclusive"]) == [v["conclusive"] for v in document["verdicts"]]
+    assert verdicts.loc[verdicts["conclusive"], "better"].tolist() == ["gamma=0.5"]
+
+
+def test_one_seed_per_setting_says_no_seed_variation_was_measured():
+    from analysis import seeds
+
+    section = seeds.across_seeds(inputs_of(built_study({0.5: [1], 0.7: [2]})))
+    assert "no seed variation was measured" in section.notes[0]
+    assert not section.data and not len(section.table)
+
+
+def test_budget_curves_of_two_studies_share_the_axes():
+    from dataclasses import replace
+
+    from analysis import seeds
+
+    first = built_study({0.5: [1, 2, 3]})
+    other = built_study({0.5: [4, 5], 0.7: [6, 7]})
+    other.attrs["study"] = "other"
+    section = seeds.budget(replace(inputs_of(first), compared=other))
+    assert [(c["study"], c["n_trials"]) for c in section.data["budget_curves"]] == [
+        ("built", [1, 2, 3]),
+        ("other", [1, 2, 3, 4]),
+    ]
+    assert set(section.table["study"]) == {"built", "other"}
+    assert section.notes[1].startswith("other: fid: expected best 4 with all 4 trials")
