@@ -269,7 +269,7 @@ def setting_means(table: pd.DataFrame) -> Figure:
         high = (mine["ci_high"] - mine["mean"]).fillna(0)
         ax.errorbar(x, mine["mean"], yerr=[low, high], fmt="o", color="C0", capsize=4)
         ax.set_xticks(x, mine["setting"], rotation=30, ha="right", fontsize=8)
-        ax.set(title=f"{objective}: mean and 95% interval over seeds")
+        ax.set(title=objective, ylabel="mean over seeds, 95% interval")
         ax.grid(alpha=0.3)
     return fig
 
