@@ -257,11 +257,16 @@ def montage(tiles: list[tuple[Image.Image, str]], columns: int, title: str = "")
     return fig
 
 
+def _panel_per_objective(count: int) -> tuple[Figure, np.ndarray]:
+    """A row of `count` panels, one per objective."""
+    fig = Figure(figsize=(4.6 * count, 3.4), layout="constrained")
+    return fig, np.atleast_1d(fig.subplots(1, count)).ravel()
+
+
 def setting_means(table: pd.DataFrame) -> Figure:
     """Each setting's mean over its seeds with its interval, one panel per objective."""
     objectives = list(dict.fromkeys(table["objective"]))
-    fig = Figure(figsize=(4.6 * len(objectives), 3.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(objectives))).ravel()
+    fig, axes = _panel_per_objective(len(objectives))
     for ax, objective in zip(axes, objectives, strict=True):
         mine = table[table["objective"] == objective].reset_index(drop=True)
         x = np.arange(len(mine))
@@ -277,8 +282,7 @@ def setting_means(table: pd.DataFrame) -> Figure:
 def budget_curves(curves: pd.DataFrame) -> Figure:
     """Expected best objective against the number of trials, with its 5-95% band."""
     objectives = list(dict.fromkeys(curves["objective"]))
-    fig = Figure(figsize=(4.6 * len(objectives), 3.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(objectives))).ravel()
+    fig, axes = _panel_per_objective(len(objectives))
     for ax, objective in zip(axes, objectives, strict=True):
         for i, (study, mine) in enumerate(curves[curves["objective"] == objective].groupby(
                 "study", sort=False)):  # fmt: skip

@@ -41,6 +41,8 @@ from began.training.loop import step_once
 from began.training.pack import TrainingPack
 from bench.check_runner import Outcome, child_processes, track
 from bench.gpu_plan import BATCH, Timing
+from bench.pack_speed import trial_configs
+from bench.train_speed import synchronize
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DATA_IMAGES = 512  # random uint8 images on the device, as the training cache holds them
@@ -57,23 +59,7 @@ def settings_of_a_run(cfg: TrainConfig, device: torch.device) -> None:
     """The process-wide settings a training run makes on its device (its CUDA device
     current, cuDNN autotuning), then TF32 off in matmuls and convolutions whatever the
     config says: fp32 rows are strict fp32 (tf32=off), as the correctness rows need."""
-    configure_device(cfg, device)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def trial_configs(base: TrainConfig, count: int) -> list[TrainConfig]:
-    """`count` trials of one architecture that differ as a sweep's do (one pack)."""
-    return [
-        replace(base, gamma=0.3 + 0.6 * i / max(count - 1, 1), seed=i,
-                lambda_k=0.001 * (1 + i % 3), lr=1e-4 * (1 + i % 2))
-        for i in range(count)
-    ]  # fmt: skip
+    configure_device(replace(cfg, tf32="off"), device)
 
 
 def child_environment() -> dict[str, str]:

@@ -169,7 +169,7 @@ def test_a_pack_refills_its_slot_and_a_packed_run_resumes_alone(tmp_path):
 
 
 def test_a_pack_of_one_is_the_single_run(tmp_path):
-    # No vmap for one run: the same numbers, bit for bit, as train() (the same step_once).
+    # No pack for one run: the same numbers, bit for bit, as train() (the same step_once).
     flag = StopFlag()
     [run] = open_all(tmp_path, [tiny()], flag)
     ended = []

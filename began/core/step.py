@@ -147,18 +147,31 @@ def train_step(
     opt_G.step()
 
     with torch.no_grad():
-        loss_real, loss_fake = loss_real.detach(), loss_fake.detach()
-        metrics = {
-            "m_global": m_global(loss_real, loss_fake, cfg.gamma),
-            "k": k,
-            "loss_d": loss_d.detach(),
-            "loss_g": loss_g.detach(),
-            "loss_real": loss_real,
-            "loss_fake": loss_fake,
-            "balance": balance(loss_real, loss_fake, cfg.gamma),
-        }
-        next_k = update_k(k, loss_real, loss_fake, cfg.gamma, cfg.lambda_k)
+        metrics, next_k = _metrics_and_next_k(loss_real, loss_fake, loss_d, loss_g, k, cfg)
     return TrainState(k=next_k, step=state.step + 1), metrics
+
+
+def _metrics_and_next_k(
+    loss_real: torch.Tensor,
+    loss_fake: torch.Tensor,
+    loss_d: torch.Tensor,
+    loss_g: torch.Tensor,
+    k: torch.Tensor,
+    rule: StepRule | StackedRule,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A step's metrics (STEP_METRICS, detached) and k_t+1, from its losses and k_t:
+    scalars for one run, N-vectors for a pack."""
+    loss_real, loss_fake = loss_real.detach(), loss_fake.detach()
+    metrics = {
+        "m_global": m_global(loss_real, loss_fake, rule.gamma),
+        "k": k,
+        "loss_d": loss_d.detach(),
+        "loss_g": loss_g.detach(),
+        "loss_real": loss_real,
+        "loss_fake": loss_fake,
+        "balance": balance(loss_real, loss_fake, rule.gamma),
+    }
+    return metrics, update_k(k, loss_real, loss_fake, rule.gamma, rule.lambda_k)
 
 
 def stacked_losses(
@@ -208,17 +221,7 @@ def stacked_losses(
     loss_g = generator_loss(loss_fake)
     if total is None:
         total = (loss_d + loss_g).sum()  # loss_d reaches only D, loss_g only G
-    loss_real, loss_fake = loss_real.detach(), loss_fake.detach()
-    metrics = {
-        "m_global": m_global(loss_real, loss_fake, rule.gamma),
-        "k": k,
-        "loss_d": loss_d.detach(),
-        "loss_g": loss_g.detach(),
-        "loss_real": loss_real,
-        "loss_fake": loss_fake,
-        "balance": balance(loss_real, loss_fake, rule.gamma),
-    }
-    next_k = update_k(k, loss_real, loss_fake, rule.gamma, rule.lambda_k)
+    metrics, next_k = _metrics_and_next_k(loss_real, loss_fake, loss_d, loss_g, k, rule)
     return total, torch.stack([metrics[name] for name in STEP_METRICS], dim=1), next_k
 
 
