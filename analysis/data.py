@@ -69,6 +69,7 @@ def load_trials(study: str | optuna.Study, storage: str = DEFAULT_STORAGE) -> pd
         experiment=study.user_attrs.get(schema.EXPERIMENT_ATTR, study.study_name),
         params=sorted({p for t in trials for p in t.params}),
         space=study.user_attrs.get(schema.SPACE_ATTR, ""),  # as the user gave it
+        reseed_of=study.user_attrs.get(schema.RESEED_OF_ATTR),  # studies.reseed's selection
     )  # fmt: skip
     return _typed(df)
 

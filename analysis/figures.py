@@ -279,6 +279,31 @@ def setting_means(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def reseeded(table: pd.DataFrame, data: list[dict]) -> Figure:
+    """Per setting: its new seeds' values (dots), their mean and 95% interval, and the one
+    value that made it best (star); one panel per objective."""
+    objectives = list(dict.fromkeys(table["objective"]))
+    fig, axes = _panel_per_objective(len(objectives))
+    for ax, objective in zip(axes, objectives, strict=True):
+        mine = [d for d in data if d["metric"] == objective]
+        for x, entry in enumerate(mine):
+            jitter = np.linspace(-0.12, 0.12, len(entry["values"])) if entry["values"] else []
+            ax.scatter(x + np.asarray(jitter), entry["values"], color="C0", alpha=0.6, s=18,
+                       label="new seeds" if x == 0 else None)  # fmt: skip
+            if entry["n_seeds"] > 1:
+                ax.errorbar(x + 0.3, entry["mean"], yerr=[[entry["mean"] - entry["ci_low"]],
+                            [entry["ci_high"] - entry["mean"]]], fmt="o", color="k", capsize=4,
+                            label="mean, 95% interval" if x == 0 else None)  # fmt: skip
+            ax.scatter([x], [entry["best_value"]], marker="*", s=160, color="C3", zorder=3,
+                       label="the value that made it best" if x == 0 else None)  # fmt: skip
+        ax.set_xticks(range(len(mine)), [d["setting"] for d in mine], rotation=30, ha="right",
+                      fontsize=8)  # fmt: skip
+        ax.set(title=objective, ylabel=objective)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return fig
+
+
 def budget_curves(curves: pd.DataFrame) -> Figure:
     """Expected best objective against the number of trials, with its 5-95% band."""
     objectives = list(dict.fromkeys(curves["objective"]))

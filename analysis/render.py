@@ -62,8 +62,8 @@ def write_report(
 
 def to_json(sections: Sequence[Section], header: dict[str, str]) -> str:
     """The answers for a program to read: the header, and each section's `data` lists
-    (`verdicts`, `budget_curves`), present and empty when a section had none."""
-    document: dict = {"header": dict(header), "verdicts": [], "budget_curves": []}
+    (`verdicts`, `budget_curves`, `reseeded`), present and empty when a section had none."""
+    document: dict = {"header": dict(header), "verdicts": [], "budget_curves": [], "reseeded": []}
     for section in sections:
         for key, values in section.data.items():
             document.setdefault(key, []).extend(values)

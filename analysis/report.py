@@ -29,7 +29,7 @@ from studies.records import best_trials
 from studies.schema import REPORT_FOLDER, RUN_ID_ATTR
 
 SECTIONS = (
-    sections.summary, seeds.across_seeds, sections.curves, sections.equilibrium,
+    sections.summary, seeds.reseeded, seeds.across_seeds, sections.curves, sections.equilibrium,
     sections.quality_by_gamma, fidelity.fidelity_vs_diversity, sections.pareto, seeds.budget,
     sections.mglobal_vs_quality, gallery.samples, gallery.samples_over_training,
     sections.importance,
@@ -92,7 +92,9 @@ def build_sections(
     for make in SECTIONS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna's experimental and scipy's constant-input
-            out.append(make(inputs))
+            section = make(inputs)
+        if section is not None:  # None: a section for another kind of study
+            out.append(section)
     return out
 
 
@@ -114,6 +116,9 @@ def header(runs: pd.DataFrame, label: str) -> dict[str, str]:
         )
         facts |= {"kind": attrs.get("kind", ""), "objectives": objectives,
                   "searched": attrs.get("space") or ", ".join(attrs.get("params", []))}  # fmt: skip
+        if reseed := attrs.get("reseed_of"):
+            facts["reseed of"] = (f"study {reseed['study']}, its {len(reseed['settings'])} best "
+                                  f"setting(s) by {reseed['ranked_by']}")  # fmt: skip
     counts = runs["state"].value_counts()
     facts["counts"] = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
     facts["generated"] = pd.Timestamp.now().strftime("%Y-%m-%d %H:%M")

@@ -1,9 +1,10 @@
-"""The report's answers with error bars: settings compared across their seeds, and what
-a larger search would still gain (the statistics: `analysis.verdicts`).
+"""The report's answers with error bars: the best settings reseeded, settings compared
+across their seeds, and what a larger search would still gain (the statistics:
+`analysis.verdicts`).
 
-Both sections also fill `Section.data`, which `--format json` writes as report.json:
-`verdicts` (one per pair of settings and objective) and `budget_curves` (one per
-objective).
+The sections also fill `Section.data`, which `--format json` writes as report.json:
+`reseeded` (one per reseeded setting and objective), `verdicts` (one per pair of
+settings and objective) and `budget_curves` (one per objective).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import pandas as pd
 from analysis import figures
 from analysis.sections import ReportInputs, Section, param_columns
 from analysis.verdicts import (
+    against_reseeds,
     budget_curve,
     compare_settings,
     seed_variation_measured,
+    setting_label,
     setting_means,
 )
 from studies.schema import OBJECTIVE_PREFIX, SEED_ATTR
@@ -64,6 +67,82 @@ def across_seeds(inputs: ReportInputs) -> Section:
         notes.append(f"{len(verdicts) - len(shown)} more pairs in report.json")
     return Section("seeds", TITLE, _HELP, table, figures.setting_means(table), notes,
                    data={"verdicts": [v.to_dict() for v in verdicts]})  # fmt: skip
+
+
+def reseeded(inputs: ReportInputs) -> Section | None:
+    """A reseed study's settings against the value that made each "best"; None for any
+    other study."""
+    reseed = inputs.runs.attrs.get("reseed_of")
+    if not reseed:
+        return None
+    runs = inputs.current
+    done = runs[runs["state"] == "COMPLETE"]
+    rows, data = [], []
+    for name, direction, column in _objectives(inputs.runs):
+        for setting in reseed["settings"]:
+            params, best = setting["params"], setting["values"].get(name)
+            if best is None:
+                continue
+            mine = _rows_of(runs, params)
+            values = done.loc[done.index.intersection(mine.index), column].dropna()
+            stats = against_reseeds(best, values.to_numpy(dtype=float), direction)
+            label = setting_label(list(params), tuple(params.values()))
+            row = {"objective": name, "setting": label, "best_trial": setting["trial"],
+                   "best_seed": setting["seed"], "best_value": best, **stats,
+                   "not_complete": int(len(mine) - len(values))}  # fmt: skip
+            rows.append(row)
+            data.append({"metric": name, **{k: v for k, v in row.items() if k != "objective"},
+                         "values": values.tolist()})  # fmt: skip
+    table = pd.DataFrame(rows)
+    notes = [f"Study {reseed['study']}'s {len(reseed['settings'])} best setting(s) by "
+             f"{reseed['ranked_by']}, each trained again with new seeds."]  # fmt: skip
+    notes += [_reseed_line(row) for row in rows if row["objective"] == reseed["ranked_by"]]
+    figure = figures.reseeded(table, data) if len(table) else None
+    return Section("reseeded", "The best, reseeded", _RESEED_HELP, table, figure, notes,
+                   data={"reseeded": data})  # fmt: skip
+
+
+def _rows_of(runs: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """The rows of `runs` trained with `params` (floats compared to 1e-12, as grids are)."""
+    mask = pd.Series(True, index=runs.index)
+    for name, value in params.items():
+        if name not in runs:
+            return runs.iloc[0:0]
+        column = runs[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            mask &= column == value
+        else:
+            mask &= (pd.to_numeric(column, errors="coerce") - value).abs() < 1e-12
+    return runs[mask]
+
+
+def _reseed_line(row: dict) -> str:
+    """One setting's best value against its reseeds, in words."""
+    head = (f"{row['setting']} (t{row['best_trial']}, seed {row['best_seed']}): "
+            f"{row['objective']} {row['best_value']:.4g} made it best")  # fmt: skip
+    if not row["n_seeds"]:
+        return f"{head}; no reseed complete yet"
+    spread = (f"over {row['n_seeds']} new seeds mean {row['mean']:.4g} "
+              f"[{row['ci_low']:.4g}, {row['ci_high']:.4g}], range {row['min']:.4g} to "
+              f"{row['max']:.4g}; {row['as_good']} of {row['n_seeds']} as good")  # fmt: skip
+    outside = row["n_seeds"] > 1 and not row["ci_low"] <= row["best_value"] <= row["ci_high"]
+    if outside and row["lead"] > 0:
+        verdict = (f"Beyond the interval on the good side: {row['lead']:.3g} of its lead "
+                   "was the seed")  # fmt: skip
+    elif outside:
+        verdict = "The new seeds did better than the value that ranked it"
+    else:
+        verdict = "Its value is within the interval of the new seeds' mean"
+    return f"{head}; {spread}. {verdict}."
+
+
+_RESEED_HELP = (
+    "Each setting that ranked among the best of the study reseeded, trained again with seeds "
+    "none of its trials used. The star is the single value that made the setting best; the "
+    "dots are the new seeds, with their mean and its 95% t interval. A star beyond the "
+    "interval on the good side was a lucky seed: the setting's expected value is the mean, "
+    "and 'as good' counts the new seeds that matched the star."
+)
 
 
 TITLE = "Settings across seeds"

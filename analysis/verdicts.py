@@ -10,6 +10,8 @@ if the difference is larger than what a reseed moves:
   t interval, "a better than b" only where the interval excludes 0, otherwise
   inconclusive at n seeds, with the seeds per setting that would settle it if the
   difference and the spread hold;
+- `against_reseeds`: the value that made a setting "best" against the same setting
+  retrained with new seeds (`studies.reseed`): how much of its lead was the seed;
 - `budget_curve`: the expected best objective of a search of k trials, k = 1..n, drawn
   from the n completed ones (Dodge et al. 2019, "Show Your Work"), with a band.
 
@@ -148,6 +150,27 @@ def _seeds_to_settle(difference: float, var_a: float, var_b: float) -> int | Non
 def _t(df: float) -> float:
     """The two-sided t quantile of CONFIDENCE."""
     return float(stats.t.ppf(0.5 + CONFIDENCE / 2, df))
+
+
+def against_reseeds(best: float, reseeds: np.ndarray, direction: str) -> dict[str, float]:
+    """A setting's best value (the one trial that ranked it) against its values over new
+    seeds: their n, mean, sd, t interval of the mean, range, how many were at least as
+    good as `best`, and `lead`, how much better `best` was than their mean (positive:
+    better; in the metric's units)."""
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction: minimize or maximize, got {direction!r}")
+    x = np.asarray(reseeds, dtype=float)
+    x = x[np.isfinite(x)]
+    sign = 1.0 if direction == "minimize" else -1.0
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    sd = float(x.std(ddof=1)) if n > 1 else math.nan
+    half = _t(n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
+    return {
+        "n_seeds": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half,
+        "min": float(x.min()) if n else math.nan, "max": float(x.max()) if n else math.nan,
+        "as_good": int(np.sum(sign * x <= sign * best)), "lead": sign * (mean - best),
+    }  # fmt: skip
 
 
 def budget_curve(values: pd.Series | np.ndarray, direction: str) -> pd.DataFrame:

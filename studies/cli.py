@@ -59,34 +59,47 @@ def build_parser(prog: str, description: str, varied: frozenset[str]) -> argpars
     training = parser.add_argument_group("training options (as began.train; every trial uses them)")
     add_config_options(training, skip=varied | {"seed"})
     study = parser.add_argument_group("study options")
-    study.add_argument(
+    add_store_options(study)
+    add_search_options(study)
+    add_fleet_options(study)
+    return parser
+
+
+def add_store_options(group: argparse._ArgumentGroup) -> None:
+    """The study's name and where its records go: Optuna storage and MLflow."""
+    group.add_argument(
         "--study-name",
         default=None,
         help="the study; rerunning with the same name resumes it (default: "
         "the command's name and a hash of the training options)",
     )
-    study.add_argument(
+    group.add_argument(
         "--storage",
         default=DEFAULT_STORAGE,
         help="Optuna storage: sqlite:///FILE or postgresql://user:pass@host/db; "
         "other machines join the study by pointing here",
     )
-    study.add_argument(
+    group.add_argument(
         "--tracking-uri",
         default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
         "sqlite:///mlflow.db here, with artifacts in ./mlruns)",
     )
-    add_system_metrics_option(study)
-    study.add_argument(
+    add_system_metrics_option(group)
+
+
+def add_search_options(group: argparse._ArgumentGroup) -> None:
+    """What a new study optimises and how it samples (a reseed takes them from the study
+    it reseeds)."""
+    group.add_argument(
         "--experiment", default=None, help="MLflow experiment (default: the study name)"
     )
-    study.add_argument(
+    group.add_argument(
         "--register-best", metavar="NAME", default=None,
         help="at the end, register the best trial's generator in MLflow's Model Registry as "
         "NAME (load it with began.sample --model models:/NAME/latest)",
     )  # fmt: skip
-    study.add_argument(
+    group.add_argument(
         "--objectives",
         default=None,
         help="comma-separated: m_global, fid, kid, diversity, recon, sharpness "
@@ -94,78 +107,82 @@ def build_parser(prog: str, description: str, varied: frozenset[str]) -> argpars
         + ", ".join(f"{name} with --preset {preset}" for preset, name in DEFAULT_OBJECTIVE.items())
         + ")",
     )
-    study.add_argument(
+    group.add_argument(
         "--pruner",
         default="none",
         choices=PRUNERS,
         help="Optuna pruner for single-objective studies (docs/studies.md: which pairs make sense)",
     )
-    study.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
-    study.add_argument(
+    group.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler")
+    group.add_argument(
         "--sampler-seed", type=int, default=0,
         help="seed of the Optuna sampler (training seeds: --seeds, or seed in --space)",
     )  # fmt: skip
-    study.add_argument(
+
+
+def add_fleet_options(group: argparse._ArgumentGroup) -> None:
+    """How the study's trials run: devices, workers, packs, heartbeats, retries and the
+    health rule."""
+    group.add_argument(
         "--devices",
         default="auto",
         help="comma-separated devices, e.g. cuda:0,cuda:1 (auto: every visible GPU, else cpu)",
     )
-    study.add_argument(
+    group.add_argument(
         "--workers-per-device",
         type=int,
         default=None,
         help="worker processes per device (default: 1 per GPU; on cpu, 2 when "
         "there are 2 or more cores)",
     )
-    study.add_argument(
+    group.add_argument(
         "--pack",
         default="1",
         help="trials each worker trains at once, as one model where they share a shape "
         "(N, or auto: the size bench.pack_speed measured fastest on the device)",
     )
-    study.add_argument(
+    group.add_argument(
         "--workers",
         type=int,
         default=None,
         help="worker processes in all, spread over --devices (default: devices x "
         "workers per device)",
     )
-    study.add_argument(
+    group.add_argument(
         "--heartbeat",
         type=int,
         default=DEFAULT_HEARTBEAT_S,
         help=f"seconds between a trial's heartbeats; a trial silent for {GRACE_BEATS} times "
         "this is retried from its checkpoint",
     )
-    study.add_argument(
+    group.add_argument(
         "--max-retries",
         type=int,
         default=StudySpec.max_retries,
         help="a trial whose attempts die this many times more from one checkpoint (no "
         "progress in between) is given up; attempts that advanced the run count nothing",
     )
-    study.add_argument(
+    group.add_argument(
         "--collapse-ssim",
         type=float,
         default=HealthRule.collapse_ssim,
         help="prune a trial whose diversity SSIM stays at or above this",
     )
-    study.add_argument(
+    group.add_argument(
         "--divergence-factor",
         type=float,
         default=HealthRule.divergence_factor,
         help="prune a trial whose M_global stays above this multiple of its best",
     )
-    study.add_argument(
+    group.add_argument(
         "--prune-patience",
         type=int,
         default=HealthRule.patience,
         help="evaluations in a row the two rules above wait",
     )
-    study.add_argument("--cache-dir", default=None, help="dataset and statistics cache folder")
-    study.add_argument("--quiet", action="store_true",
+    group.add_argument("--cache-dir", default=None, help="dataset and statistics cache folder")
+    group.add_argument("--quiet", action="store_true",
                        help="no progress bar: one line per finished trial")  # fmt: skip
-    return parser
 
 
 def base_config(args: argparse.Namespace) -> TrainConfig:
@@ -219,23 +236,17 @@ def study_spec(
     cfg = base_config(args)
     if cfg.data and not Path(cfg.data).exists():  # before anything is created for it
         raise ConfigError(f"data: {cfg.data} does not exist")
-    check_storage_url(args.storage)
+    fleet = fleet_fields(args)
     objectives, metrics = resolve_objectives(
         args.objectives or DEFAULT_OBJECTIVE[cfg.preset], cfg.metrics
     )
     cfg = replace(cfg, metrics=metrics)
     check_space(space, cfg)
-    parse_pack(args.pack)  # a bad --pack fails here, before anything exists
     if not 0 <= args.sampler_seed <= MAX_SAMPLER_SEED:  # numpy's RandomState takes 32 bits
         raise OptionError(
             f"--sampler-seed: must be in [0, {MAX_SAMPLER_SEED}], got {args.sampler_seed}"
         )
     make_pruner(args.pruner, len(objectives))
-    health = HealthRule(args.divergence_factor, args.collapse_ssim, args.prune_patience)
-    if args.heartbeat < 1:
-        raise OptionError(f"--heartbeat: must be >= 1 second, got {args.heartbeat}")
-    if args.max_retries < 0:
-        raise OptionError(f"--max-retries: must be >= 0, got {args.max_retries}")
     varied = varied_fields(space, extra.get("grid", ()))
     name = args.study_name or f"{command}-{config_fingerprint(cfg, varied)}"
     check_name("--study-name", name)
@@ -246,15 +257,9 @@ def study_spec(
     warning = pruner_warning(args.pruner, objectives, gamma_varies="gamma" in space)
     if warning:
         print(f"warning: {warning}")
-    tracking_uri = (
-        args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    )
-    check_tracking_uri(tracking_uri)
     return StudySpec(
         kind=kind,
         study_name=name,
-        storage=absolute_sqlite(args.storage),
-        tracking_uri=absolute_sqlite(tracking_uri),
         experiment=experiment,
         base_config=cfg,
         space=space,
@@ -262,14 +267,33 @@ def study_spec(
         sampler=args.sampler,
         sampler_seed=args.sampler_seed,
         pruner=args.pruner,
-        health=health,
-        heartbeat_s=args.heartbeat,
-        max_retries=args.max_retries,
-        cache_dir=args.cache_dir,
         register_best=args.register_best,
-        system_metrics=args.system_metrics == "on",
+        **fleet,
         **extra,
     )
+
+
+def fleet_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The StudySpec fields of `add_store_options` and `add_fleet_options`, checked."""
+    check_storage_url(args.storage)
+    parse_pack(args.pack)  # a bad --pack fails here, before anything exists
+    if args.heartbeat < 1:
+        raise OptionError(f"--heartbeat: must be >= 1 second, got {args.heartbeat}")
+    if args.max_retries < 0:
+        raise OptionError(f"--max-retries: must be >= 0, got {args.max_retries}")
+    tracking_uri = (
+        args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    )
+    check_tracking_uri(tracking_uri)
+    return {
+        "storage": absolute_sqlite(args.storage),
+        "tracking_uri": absolute_sqlite(tracking_uri),
+        "health": HealthRule(args.divergence_factor, args.collapse_ssim, args.prune_patience),
+        "heartbeat_s": args.heartbeat,
+        "max_retries": args.max_retries,
+        "cache_dir": args.cache_dir,
+        "system_metrics": args.system_metrics == "on",
+    }
 
 
 def refuse_varied_options(args: argparse.Namespace, space: dict) -> None:

@@ -38,6 +38,7 @@ from studies.schema import (
     PARENT_RUN_ATTR,
     PRUNE_REASON_TAG,
     REASON_ATTR,
+    RESEED_OF_TAG,
     RETRIED_AS_TAG,
     RUN_ID_ATTR,
     RUN_NAME_TAG,
@@ -53,11 +54,15 @@ from studies.schema import (
 from studies.spec import GRID, StudySpec
 from studies.tables import markdown_table
 
+MAX_GRID_PARAM = 500  # characters of the grid as a param; past that its count (trials.csv has all)
+
 
 def open_parent_run(spec: StudySpec, study: optuna.Study) -> MlflowTracker:
     """The study's parent run: created on the first run of the study, reopened after (also
     when the process that created it was killed before the study recorded it)."""
     tags = {STUDY_NAME_TAG: spec.study_name, STUDY_KIND_TAG: spec.kind}
+    if spec.reseed_of is not None:
+        tags[RESEED_OF_TAG] = spec.reseed_of.study
     known = study.user_attrs.get(PARENT_RUN_ATTR)
     if not known:
         created = find_runs(spec.tracking_uri, spec.experiment, tags)
@@ -69,7 +74,10 @@ def open_parent_run(spec: StudySpec, study: optuna.Study) -> MlflowTracker:
             parent.set_tags({PACK_TAG: str(spec.pack)})  # may change from run to run
             return parent
     else:
-        parent = MlflowTracker(spec.tracking_uri, spec.experiment, spec.study_name, tags=tags)
+        # A reseed's run nests under the run of the study it reseeds (same experiment).
+        above = spec.reseed_of.parent_run_id if spec.reseed_of is not None else None
+        parent = MlflowTracker(spec.tracking_uri, spec.experiment, spec.study_name, tags=tags,
+                               parent_run_id=above)  # fmt: skip
         parent.create()
     params: dict[str, Any] = {
         "study_name": spec.study_name,
@@ -84,7 +92,10 @@ def open_parent_run(spec: StudySpec, study: optuna.Study) -> MlflowTracker:
         "trials": spec.total_trials if spec.total_trials is not None else "unbounded",
     }
     if spec.grid:
-        params["grid"] = " ".join(f"{p['gamma']}/{p['seed']}" for p in spec.grid)
+        points = " ".join("/".join(str(v) for v in p.values()) for p in spec.grid)
+        params["grid"] = points if len(points) <= MAX_GRID_PARAM else f"{len(spec.grid)} points"
+    if spec.reseed_of is not None:
+        params |= {"reseed_of": spec.reseed_of.study, "ranked_by": spec.reseed_of.ranked_by}
     params |= {f"base.{k}": v for k, v in spec.base_config.to_dict().items()}
     parent.log_params(params)
     parent.log_text(spec.base_config.to_json(), BASE_CONFIG_FILE)

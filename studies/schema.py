@@ -30,6 +30,7 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment"
 KIND_ATTR = "kind"  # GRID or SEARCH (studies.spec)
 SPACE_ATTR = "space"  # what the study varies, as the user gave it: "gamma=0.3,0.5 seed=0"
+RESEED_OF_ATTR = "reseed_of"  # a reseed study: studies.spec.ReseedOf.to_dict()
 HEARTBEAT_ATTR = "heartbeat_s"  # the interval every host beats at and judges staleness by
 
 # --- Optuna: a trial's user attributes --------------------------------------------------
@@ -90,6 +91,7 @@ RETRIED_AS_TAG = "retried_as_trial"  # the trial that continued this run after a
 BEST_TRIALS_TAG = "best_trials"  # on the parent run: the best trial numbers
 BEST_RUN_TAG = "best_run_id"  # on the parent run, single objective: the best trial's run
 PACK_TAG = "pack"  # on the parent run: trials a worker trained at once in its last run
+RESEED_OF_TAG = "reseed_of"  # on a reseed study's parent run: the study it reseeds
 COLLAPSE_WARNING_TAG = "collapse_warning"  # on a trial's run: studies.collapse.collapse_warning
 
 # --- MLflow: metric prefixes ----------------------------------------------------------

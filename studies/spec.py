@@ -28,6 +28,22 @@ DEFAULT_HEARTBEAT_S = 30  # between a trial's beats; when one is stale: fleet.qu
 
 
 @dataclass(frozen=True)
+class ReseedOf:
+    """What a reseed study (`studies.reseed`) retrains: the best settings of another study."""
+
+    study: str  # the study whose settings are retrained
+    parent_run_id: str | None  # that study's MLflow run: this study's run nests under it
+    ranked_by: str  # the objective (logged name) that ranked the settings
+    # Per setting, best first: {"params": {...}, "trial": n, "seed": s, "values": {name: v}},
+    # the trial that made it "best" and the values it had.
+    settings: tuple[dict[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "parent_run_id": self.parent_run_id,
+                "ranked_by": self.ranked_by, "settings": list(self.settings)}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class StudySpec:
     kind: str  # GRID (gamma x seeds, queued up front) or SEARCH (sampled as it goes)
     study_name: str
@@ -50,6 +66,7 @@ class StudySpec:
     cache_dir: str | None = None
     register_best: str | None = None  # the registered model the best generator goes to
     system_metrics: bool = True  # each trial's run samples the machine (MLflow system metrics)
+    reseed_of: ReseedOf | None = None  # a reseed study: the study and settings it retrains
 
     @property
     def directions(self) -> list[str]:

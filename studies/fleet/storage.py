@@ -21,6 +21,7 @@ from studies.schema import (
     HEARTBEAT_ATTR,
     KIND_ATTR,
     OBJECTIVES_ATTR,
+    RESEED_OF_ATTR,
     SPACE_ATTR,
 )
 from studies.spec import GRID, RERUN_MAY_CHANGE, StudySpec
@@ -48,6 +49,8 @@ def prepare_study(spec: StudySpec) -> optuna.Study:
     study.set_user_attr(EXPERIMENT_ATTR, spec.experiment)
     study.set_user_attr(KIND_ATTR, spec.kind)
     study.set_user_attr(SPACE_ATTR, spec.described)
+    if spec.reseed_of is not None:
+        study.set_user_attr(RESEED_OF_ATTR, spec.reseed_of.to_dict())
     if HEARTBEAT_ATTR not in study.user_attrs:  # the first command's: every host uses it
         study.set_user_attr(HEARTBEAT_ATTR, spec.heartbeat_s)
     with warnings.catch_warnings():  # set_metric_names is marked experimental
