@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from began.cli import HelpFormatter, Parser, check_name, run_cli
 from began.config import TrainConfig
-from began.tracking import mask_url
+from began.tracking import mask_url, run_exists
 from studies.cli import OptionError, add_fleet_options, add_store_options, fleet_fields, launch
 from studies.fleet.connection import missing_sqlite_file
 from studies.fleet.storage import open_existing_study
@@ -158,18 +158,12 @@ def _check_run_exists(tracking_uri: str, run_id: str | None, study: str) -> None
     """The study's MLflow run must be in this tracking store: the reseed nests under it."""
     if not run_id:
         return  # a study whose parent run was never recorded: the reseed's run stands alone
-    import mlflow
-
-    problem = f"study {study}'s run {run_id} is not there"
-    try:
-        if missing_sqlite_file(tracking_uri):  # opening it would create an empty store
-            raise LookupError(problem)
-        mlflow.MlflowClient(tracking_uri).get_run(run_id)
-    except Exception:
+    # A missing SQLite file is not opened: opening it would create an empty store.
+    if missing_sqlite_file(tracking_uri) or not run_exists(tracking_uri, run_id):
         raise OptionError(
-            f"--tracking-uri {mask_url(tracking_uri)}: {problem}; give the tracking URI the "
-            "study was run with"
-        ) from None
+            f"--tracking-uri {mask_url(tracking_uri)}: study {study}'s run {run_id} is not "
+            "there; give the tracking URI the study was run with"
+        )
 
 
 def describe(spec: StudySpec, seeds: list[int], unfinished: int) -> list[str]:

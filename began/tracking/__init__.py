@@ -22,6 +22,7 @@ from began.tracking.mlflow_tracker import (
     MlflowTracker,
     experiment_id,
     find_runs,
+    run_exists,
     with_retries,
 )
 from began.tracking.protocol import (
@@ -61,6 +62,7 @@ __all__ = [
     "check_tracking_uri",
     "experiment_id",
     "find_runs",
+    "run_exists",
     "load_generator",
     "register_generator",
     "local_path",

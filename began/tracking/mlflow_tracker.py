@@ -357,6 +357,17 @@ def find_runs(tracking_uri: str, experiment: str, tags: dict[str, str]) -> list[
     return [(run.info.run_id, dict(run.data.tags)) for run in runs]
 
 
+def run_exists(tracking_uri: str, run_id: str) -> bool:
+    """Whether the store holds the run `run_id` (a store that cannot be read holds none)."""
+    import mlflow
+
+    try:
+        mlflow.MlflowClient(tracking_uri).get_run(run_id)
+    except Exception:
+        return False
+    return True
+
+
 def experiment_id(client: Any, name: str) -> str:
     """The id of the experiment `name`, created the first time; a deleted one is an error."""
     experiment = client.get_experiment_by_name(name)
