@@ -79,6 +79,8 @@ class Verdict:
     def line(self) -> str:
         """The verdict in words."""
         interval = f"{self.difference:+.4g} [{self.ci_low:+.4g}, {self.ci_high:+.4g}]"
+        if self.ci_low == self.ci_high == self.difference == 0.0:
+            return f"{self.a} vs {self.b} on {self.metric}: the same value at every seed"
         if self.conclusive:
             worse = self.b if self.better == self.a else self.a
             return (f"{self.better} better than {worse} on {self.metric}: mean difference "
