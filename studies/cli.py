@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from studies.fleet.queue import GRACE_BEATS
 from studies.fleet.runner import WorkerSlot, run_study
 from studies.fleet.storage import SAMPLERS
 from studies.fleet.worker import cpu_threads
+from studies.launch import PRINTED, add_launch_options, launch_of, submit_study
 from studies.objectives import resolve_objectives
 from studies.packing import auto_pack, parse_pack
 from studies.pruning import PRUNERS, HealthRule, make_pruner, pruner_warning
@@ -55,13 +58,17 @@ class OptionError(ValueError):
 
 
 def build_parser(prog: str, description: str, varied: frozenset[str]) -> argparse.ArgumentParser:
-    parser = Parser(prog=prog, description=description, formatter_class=HelpFormatter)
+    # No abbreviated options: a launched task's command is this one without the launch
+    # options, found by their full names (studies.launch.task_argv).
+    parser = Parser(prog=prog, description=description, formatter_class=HelpFormatter,
+                    allow_abbrev=False)  # fmt: skip
     training = parser.add_argument_group("training options (as began.train; every trial uses them)")
     add_config_options(training, skip=varied | {"seed"})
     study = parser.add_argument_group("study options")
     add_store_options(study)
     add_search_options(study)
     add_fleet_options(study)
+    add_launch_options(parser.add_argument_group("launch options (a cluster's scheduler)"))
     return parser
 
 
@@ -253,7 +260,9 @@ def study_spec(
     if args.register_best is not None:
         check_name("--register-best", args.register_best)
     experiment = check_name("--experiment", args.experiment or name)
-    print(preset_header(cfg, preset_chosen_by(user_overrides(args))), flush=True)
+    # A printed job (--launch print > job.sh) keeps stdout to itself.
+    shown = sys.stderr if getattr(args, "launch", "local") in PRINTED else sys.stdout
+    print(preset_header(cfg, preset_chosen_by(user_overrides(args))), file=shown, flush=True)
     warning = pruner_warning(args.pruner, objectives, gamma_varies="gamma" in space)
     if warning:
         print(f"warning: {warning}")
@@ -284,7 +293,8 @@ def fleet_fields(args: argparse.Namespace) -> dict[str, Any]:
     tracking_uri = (
         args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     )
-    check_tracking_uri(tracking_uri)
+    if getattr(args, "launch", "local") not in PRINTED:  # printing a job reaches nothing
+        check_tracking_uri(tracking_uri)
     return {
         "storage": absolute_sqlite(args.storage),
         "tracking_uri": absolute_sqlite(tracking_uri),
@@ -303,7 +313,12 @@ def refuse_varied_options(args: argparse.Namespace, space: dict) -> None:
             raise OptionError(f"{option_flag(name)}: the study varies {name}; drop the option")
 
 
-def launch(spec: StudySpec, args: argparse.Namespace) -> int:
+def launch(spec: StudySpec, args: argparse.Namespace, module: str, argv: Sequence[str]) -> int:
+    """Run the study here (`--launch local`), or hand its workers to a scheduler
+    (`studies.launch`): `module` and `argv` are the command each task runs again."""
+    how = launch_of(args)
+    if how.remote:
+        return submit_study(spec, how, module, argv)
     slots = worker_slots(args)
     pack = parse_pack(args.pack)
     if pack is None:

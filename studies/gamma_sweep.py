@@ -10,6 +10,7 @@ The same command again resumes the study: finished points are never rerun.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from began.cli import run_cli
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     refuse_varied_options(args, space)
     grid = grid_points(parse_gammas(args.gammas), parse_seeds(args.seeds))
     spec = study_spec(args, GRID, "gamma-sweep", space, grid=tuple(grid))
-    return launch(spec, args)
+    return launch(spec, args, "studies.gamma_sweep", sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

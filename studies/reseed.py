@@ -17,6 +17,7 @@ made it best.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from began.tracking import mask_url, run_exists
 from studies.cli import OptionError, add_fleet_options, add_store_options, fleet_fields, launch
 from studies.fleet.connection import missing_sqlite_file
 from studies.fleet.storage import open_existing_study
+from studies.launch import add_launch_options
 from studies.naming import point_of_trial, trial_name
 from studies.objectives import resolve_objectives
 from studies.schema import (
@@ -45,6 +47,7 @@ from studies.spec import GRID, ReseedOf, StudySpec
 def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m studies.reseed",
+        allow_abbrev=False,  # as the study commands' (studies.launch.task_argv)
         description="Train the best settings of a study again with new seeds, as a study of "
         "its own nested under the first one's MLflow run, to see how much of 'best' was the "
         "seed. Training options come from the study reseeded.",
@@ -61,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     study = p.add_argument_group("study options (the study's name defaults to STUDY-reseed)")
     add_store_options(study)
     add_fleet_options(study)
+    add_launch_options(p.add_argument_group("launch options (a cluster's scheduler)"))
     return p
 
 
@@ -188,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec, seeds, unfinished = reseed_spec(args)
     print("\n".join(describe(spec, seeds, unfinished)), flush=True)
-    return launch(spec, args)
+    return launch(spec, args, "studies.reseed", sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment"
 KIND_ATTR = "kind"  # GRID or SEARCH (studies.spec)
 SPACE_ATTR = "space"  # what the study varies, as the user gave it: "gamma=0.3,0.5 seed=0"
+SLURM_JOBS_ATTR = "slurm_jobs"  # the Slurm jobs `--launch slurm` submitted for the study
 RESEED_OF_ATTR = "reseed_of"  # a reseed study: studies.spec.ReseedOf.to_dict()
 HEARTBEAT_ATTR = "heartbeat_s"  # the interval every host beats at and judges staleness by
 
@@ -45,6 +46,7 @@ FINAL_DIGITS = 5
 FINAL_ATTR = "final_metrics"  # older studies: all of them in one dict
 COLLAPSE_ATTR = "collapse"  # collapse or near collapse in a few words (collapse_flag)
 LAST_EVALUATION_ATTR = "last_evaluation"  # the latest evaluation, updated while it runs
+WORKER_ATTR = "worker"  # who runs the trial's latest attempt: host:pid, and its Slurm task
 START_STEP_ATTR = "start_step"  # the checkpoint step this attempt's run started from
 GIVEN_UP_ATTR = "given_up"  # on the last attempt of a trial given up: why
 SEED_ATTR = "seed"  # a grid point's training seed (queued with the point, not searched)
@@ -91,6 +93,7 @@ RETRIED_AS_TAG = "retried_as_trial"  # the trial that continued this run after a
 BEST_TRIALS_TAG = "best_trials"  # on the parent run: the best trial numbers
 BEST_RUN_TAG = "best_run_id"  # on the parent run, single objective: the best trial's run
 PACK_TAG = "pack"  # on the parent run: trials a worker trained at once in its last run
+SLURM_JOB_TAG = "slurm_jobs"  # on the parent run: the Slurm jobs submitted for the study
 RESEED_OF_TAG = "reseed_of"  # on a reseed study's parent run: the study it reseeds
 COLLAPSE_WARNING_TAG = "collapse_warning"  # on a trial's run: studies.collapse.collapse_warning
 

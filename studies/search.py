@@ -10,6 +10,7 @@ The same command again resumes the study and runs only the trials still missing.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from began.cli import run_cli
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise OptionError(f"--timeout: must be > 0 seconds, got {args.timeout}")
     spec = study_spec(args, SEARCH, "search", space, n_trials=args.n_trials, timeout_s=args.timeout)
-    return launch(spec, args)
+    return launch(spec, args, "studies.search", sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

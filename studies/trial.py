@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from began.config import TrainConfig
-from began.tracking import MlflowTracker
+from began.tracking import MlflowTracker, process_identity, slurm_task
 from began.training.interrupts import StopFlag
 from began.training.loop import DataCache, OpenRun, TrainingDiverged, TrainResult, open_run
 from studies.collapse import collapse_flag, collapse_warning
@@ -33,6 +33,7 @@ from studies.schema import (
     FINAL_STEP,
     RUN_ID_ATTR,
     START_STEP_ATTR,
+    WORKER_ATTR,
     rounded,
 )
 from studies.space import suggest
@@ -78,6 +79,9 @@ def start_trial(
         if trial.user_attrs.get(name) != value:
             retrying_unless_finished(lambda n=name, v=value: trial.set_user_attr(n, v))
     point = {**params, **(fixed or {})}
+    task = slurm_task()
+    worker = process_identity() + (f" slurm {task}" if task else "")
+    retrying_unless_finished(lambda: trial.set_user_attr(WORKER_ATTR, worker))
     cfg = replace(spec.base_config, **point, device=device)
     tracker = trial_tracker(spec, trial, parent_run_id, point)  # new, or the one retried
     # Before training: a retry of this trial finds its run by this attribute.

@@ -257,7 +257,8 @@ def test_studies_never_import_analysis_or_bench():
 # collapse check, the trial itself) never does, so that it runs without a fleet.
 # The study's display reads the queue's retry chains (which trials failed for good).
 FLEET_USERS = {"studies.cli", "studies.hints", "studies.progress", "studies.records",
-               "studies.register", "studies.reseed"}  # fmt: skip
+               "studies.register", "studies.reseed", "studies.launch",
+               "studies.status"}  # fmt: skip
 
 
 def test_what_a_trial_computes_never_imports_the_fleet():

@@ -97,7 +97,7 @@ def start_study(module: str, argv: list[str]) -> tuple[str, list[str]]:
     command = importlib.import_module(module)
     specs = []
 
-    def capture(spec, args):
+    def capture(spec, args, module, argv):
         specs.append(spec)
         return 0
 

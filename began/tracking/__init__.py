@@ -39,6 +39,7 @@ from began.tracking.protocol import (
     Tracker,
     next_resume_count,
     process_identity,
+    slurm_task,
 )
 from began.tracking.urls import check_tracking_uri, local_path, mask_url
 
@@ -69,5 +70,6 @@ __all__ = [
     "mask_url",
     "next_resume_count",
     "process_identity",
+    "slurm_task",
     "with_retries",
 ]

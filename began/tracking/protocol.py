@@ -62,6 +62,15 @@ class Tracker(Protocol):
     def close(self) -> None: ...  # write what is queued; the status stays as it is
 
 
+def slurm_task() -> str | None:
+    """The Slurm task this process runs in: `JOB_TASK` for a job array's task, `JOB` for a
+    plain job, None outside Slurm. Runs and trials show it beside `process_identity`."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def process_identity() -> str:
     """host:pid of this process: who started a run (the `process` tag) and whose system
     metrics a run holds (their node id)."""

@@ -15,7 +15,7 @@ from began.config import TrainConfig
 from began.data import ImageSet
 from began.data.sampler import holdout_count
 from began.metrics import get_metric, inception, parse_metrics
-from began.tracking import process_identity
+from began.tracking import process_identity, slurm_task
 
 PACKAGES = ("began-toolkit", "torch", "torchvision", "mlflow", "optuna", "numpy", "scikit-image")
 
@@ -61,6 +61,7 @@ BUILTIN_NOTE = (
 
 
 PROCESS_TAG = "process"  # host:pid of the process that last started (or continued) the run
+SLURM_TASK_TAG = "slurm_task"  # JOB_TASK of the Slurm task that did, where one did
 
 
 def run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict[str, str]:
@@ -79,6 +80,8 @@ def run_tags(cfg: TrainConfig, dataset: ImageSet, device: torch.device) -> dict[
         "dataset_grayscale_kept": str(dataset.grayscale_kept).lower(),
         "holdout_images": str(holdout_count(cfg.holdout, dataset.kept)),
     }
+    if task := slurm_task():
+        tags[SLURM_TASK_TAG] = task
     if any(get_metric(r.name).uses_feature_network for r in parse_metrics(cfg.metrics)):
         # Metrics on features (FID, KID, precision, ...) compare only between runs that used
         # the same feature network ...

@@ -77,6 +77,30 @@ def stale_trial_ids(study: optuna.Study, grace_s: float) -> list[int]:
     Optuna's `datetime_start`, stored in UTC from the claiming host's clock, so it is
     compared with this host's clock.
     """
+    database_now, rows = _running_heartbeats(study)
+    utc_now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    grace = datetime.timedelta(seconds=grace_s)
+    stale = []
+    for trial_id, started, heartbeat in rows:
+        if heartbeat is not None:
+            if database_now - heartbeat.replace(tzinfo=None) > grace:
+                stale.append(trial_id)
+        elif started is None or utc_now - started > grace:
+            stale.append(trial_id)
+    return stale
+
+
+def heartbeat_ages(study: optuna.Study) -> dict[int, float | None]:
+    """Seconds since each RUNNING trial's last heartbeat, by the database's clock (None:
+    claimed, not yet beating), keyed by trial id."""
+    database_now, rows = _running_heartbeats(study)
+    return {trial_id: None if beat is None else
+            (database_now - beat.replace(tzinfo=None)).total_seconds()
+            for trial_id, _, beat in rows}  # fmt: skip
+
+
+def _running_heartbeats(study: optuna.Study) -> tuple[datetime.datetime, list[Any]]:
+    """The database's now, and (trial id, claim time, last heartbeat) of each RUNNING trial."""
     import sqlalchemy
 
     storage = storage_of(study)
@@ -96,14 +120,4 @@ def stale_trial_ids(study: optuna.Study, grace_s: float) -> list[int]:
     with _private(storage, "engine").connect() as connection:
         database_now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
         rows = connection.execute(query, {"study_id": study_id}).all()
-    database_now = database_now.replace(tzinfo=None)  # PostgreSQL's is aware, the column not
-    utc_now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-    grace = datetime.timedelta(seconds=grace_s)
-    stale = []
-    for trial_id, started, heartbeat in rows:
-        if heartbeat is not None:
-            if database_now - heartbeat.replace(tzinfo=None) > grace:
-                stale.append(trial_id)
-        elif started is None or utc_now - started > grace:
-            stale.append(trial_id)
-    return stale
+    return database_now.replace(tzinfo=None), list(rows)  # PostgreSQL's now is aware

@@ -26,6 +26,7 @@ from began.metrics import get_metric, parse_metrics
 from began.retry import retrying
 from studies.fleet.connection import setup_lock
 from studies.fleet.queue import failed_for_good, is_retry
+from studies.fleet.slurm import requeue_this_task, slurm_task
 from studies.fleet.storage import StudyError, prepare_study
 from studies.fleet.worker import INTERRUPTED_EXIT, worker_main
 from studies.hints import as_typed_here
@@ -83,15 +84,17 @@ def _real_statistics(spec: StudySpec, device_name: str) -> None:
 
 class _ParentSignals:
     """First Ctrl-C/SIGTERM: ask workers to stop cleanly (SIGTERM; a terminal's Ctrl-C has
-    reached them already). A second Ctrl-C: stop them now."""
+    reached them already). A second Ctrl-C: stop them now. SIGUSR1, Slurm's warning
+    before a task's time limit (`studies.launch`): stop the same way, then requeue the task."""
 
     def __init__(self, processes: list[multiprocessing.Process]) -> None:
         self.processes = processes
         self.stopping = False
+        self.requeue = False
         self.previous: dict[int, object] = {}
 
     def __enter__(self) -> _ParentSignals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             self.previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
@@ -105,6 +108,7 @@ class _ParentSignals:
                 if process.is_alive():
                     process.kill()
             return
+        self.requeue = self.requeue or signum == signal.SIGUSR1
         if not self.stopping:
             print(
                 "\nstopping: each worker checkpoints its trial and queues it to continue; "
@@ -181,6 +185,8 @@ def run_study(spec: StudySpec, slots: list[WorkerSlot], quiet: bool) -> int:
     registered = interrupted or _register(spec, study)
     if interrupted:
         print(f"stopped; run the same command again to continue study {spec.study_name}")
+        if signals.requeue and _unfinished(study) and requeue_this_task():
+            print(f"Slurm task {slurm_task()} requeued: it joins the study again when it starts")
         return INTERRUPTED_EXIT
     if crashed:
         print(f"{len(crashed)} worker(s) died (exit codes {crashed}); rerun to continue")
