@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -147,19 +147,7 @@ def check_reachable(storage: str, tracking_uri: str) -> None:
 def task_argv(argv: Sequence[str], study_name: str) -> list[str]:
     """The study command each task runs: the launching command's own options without the
     launch options, with the study's name made explicit and one line per trial."""
-    out: list[str] = []
-    skip = False
-    for token in argv:
-        if skip:
-            skip = False
-            continue
-        name = token.split("=", 1)[0]
-        if name in LAUNCH_VALUE_OPTIONS:
-            skip = "=" not in token
-            continue
-        if name in LAUNCH_FLAGS:
-            continue
-        out.append(token)
+    out = _without(argv, LAUNCH_VALUE_OPTIONS, LAUNCH_FLAGS)
     if not any(t == "--study-name" or t.startswith("--study-name=") for t in out):
         out += ["--study-name", study_name]
     if "--quiet" not in out:
@@ -199,8 +187,7 @@ def slurm_script(spec: StudySpec, launch: Launch, module: str, argv: Sequence[st
 def k8s_manifest(spec: StudySpec, launch: Launch, module: str, argv: Sequence[str]) -> str:
     """An Indexed Job: `tasks` pods, each running the study command; the stores' URLs come
     from a Secret (keys STORAGE_URL and TRACKING_URI), never inline."""
-    args = [a for a in task_argv(argv, spec.study_name)]
-    args = _without(args, {"--storage", "--tracking-uri"})
+    args = _without(task_argv(argv, spec.study_name), {"--storage", "--tracking-uri"})
     args += ["--storage", "$(STORAGE_URL)", "--tracking-uri", "$(TRACKING_URI)"]
     name = re.sub(r"[^a-z0-9-]", "-", spec.study_name.lower()).strip("-")[:52] or "study"
     gpus = _gpu_count(launch.gres)
@@ -249,8 +236,10 @@ spec:
 {resources}"""
 
 
-def _without(argv: list[str], options: set[str]) -> list[str]:
-    out, skip = [], False
+def _without(argv: Sequence[str], options: Set[str], flags: Set[str] = frozenset()) -> list[str]:
+    """`argv` without `options` (and their values, `--x v` or `--x=v`) and `flags`."""
+    out: list[str] = []
+    skip = False
     for token in argv:
         if skip:
             skip = False
@@ -259,7 +248,8 @@ def _without(argv: list[str], options: set[str]) -> list[str]:
         if name in options:
             skip = "=" not in token
             continue
-        out.append(token)
+        if name not in flags:
+            out.append(token)
     return out
 
 
