@@ -123,12 +123,12 @@ def test_a_sweep_launched_as_a_slurm_array_survives_a_cancelled_task(tmp_path, m
             assert PG_PASSWORD not in text
 
 
-def wait_for_study(storage: str, name: str, launched: subprocess.Popen) -> optuna.Study:
+def wait_for_study(storage: str, name: str, launched: subprocess.Popen | None) -> optuna.Study:
     """The study once the launching command has recorded its job."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if launched.poll() is not None:
+        if launched is not None and launched.poll() is not None:
             raise AssertionError(launched.communicate()[0])
         try:
             study = optuna.load_study(study_name=name, storage=storage)
@@ -140,11 +140,13 @@ def wait_for_study(storage: str, name: str, launched: subprocess.Popen) -> optun
     raise AssertionError("the launching command recorded no Slurm job in 120 s")
 
 
-def wait_for_checkpointed_trial(study: optuna.Study, worker: str, launched) -> int:
+def wait_for_checkpointed_trial(
+    study: optuna.Study, worker: str, launched: subprocess.Popen | None
+) -> int:
     """The number of the RUNNING trial that `worker` runs once it has a checkpoint."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if launched.poll() is not None:
+        if launched is not None and launched.poll() is not None:
             raise AssertionError(launched.communicate()[0])
         for trial in study.get_trials():
             evaluation = trial.user_attrs.get("last_evaluation") or {}
@@ -153,3 +155,41 @@ def wait_for_checkpointed_trial(study: optuna.Study, worker: str, launched) -> i
                 return trial.number
         time.sleep(0.3)
     raise AssertionError(f"no trial of {worker} reached a checkpoint in 300 s")
+
+
+def test_a_task_requeued_mid_trial_joins_again_and_continues_its_trial(tmp_path, monkeypatch):
+    """What preemption with requeue does to a task (here by `scontrol requeue`): SIGTERM,
+    then the task runs again; its trial continues from the checkpoint in the same run."""
+    monkeypatch.setenv("PGPASSWORD", PG_PASSWORD)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    with (
+        postgres_cluster() as database,
+        mlflow_server(database["url"]["mlflow"], artifacts) as tracking,
+        slurm_cluster(kill_wait_s=60) as slurm,
+    ):
+        storage = f"postgresql://{PG_USER}@127.0.0.1:{database['port']}/optuna"
+        launched = subprocess.run(
+            command("--study-name", "requeued", "--storage", storage, "--tracking-uri",
+                    tracking, "--launch", "slurm", "--tasks", "1", "--launch-dir",
+                    str(tmp_path / "jobs"), "--slurm-arg=--mem=2G"),
+            cwd=tmp_path, env={**env, **slurm.env}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert launched.returncode == 0, launched.stdout + launched.stderr
+        study = wait_for_study(storage, "requeued", None)
+        [job] = study.user_attrs["slurm_jobs"]
+        victim = wait_for_checkpointed_trial(study, f"slurm {job}_0", None)
+        slurm.run("scontrol", "requeue", f"{job}_0")
+        states = slurm.wait_until_done(job, timeout=600)
+        assert set(states.values()) == {"COMPLETED"}, states
+        trials = study.get_trials()
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        assert sorted(t.params["gamma"] for t in complete) == [0.3, 0.5, 0.7, 0.9]
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        stopped = study.trials[victim]
+        [continued] = [t for t in complete if t.params["gamma"] == stopped.params["gamma"]]
+        assert continued.user_attrs["mlflow_run_id"] == stopped.user_attrs["mlflow_run_id"]
+        assert continued.user_attrs["start_step"] > 0
+        log = (tmp_path / "jobs" / "requeued" / f"slurm-{job}_0.out").read_text()
+        assert log.count("study requeued:") >= 2, log  # both runs of the task, one log
