@@ -66,11 +66,11 @@ def tracking_hint(spec: StudySpec) -> str:
 def next_steps(spec: StudySpec, best_run_id: str | None) -> list[str]:
     """The commands to run next, one per line, each working as pasted from this folder."""
     storage = as_typed_here(spec.storage)
-    report = f"{python()} -m analysis.report --study {spec.study_name}"
-    if storage != DEFAULT_STORAGE:
-        report += f" --storage {storage}"
+    stores = f" --storage {storage}" if storage != DEFAULT_STORAGE else ""
+    tracking = ""
     if spec.tracking_uri != absolute_sqlite(DEFAULT_TRACKING_URI):
-        report += f" --tracking-uri {as_typed_here(spec.tracking_uri)}"
+        tracking = f" --tracking-uri {as_typed_here(spec.tracking_uri)}"
+    report = f"{python()} -m analysis.report --study {spec.study_name}{stores}{tracking}"
     lines = [
         tracking_hint(spec),
         f"{tool('optuna-dashboard')} {storage}   # the study live, http://127.0.0.1:8080",
@@ -79,8 +79,10 @@ def next_steps(spec: StudySpec, best_run_id: str | None) -> list[str]:
     if best_run_id:
         source = (f"--model models:/{spec.register_best}/latest" if spec.register_best
                   else f"--run {best_run_id}")  # fmt: skip
-        sample = f"{python()} -m began.sample {source} --out best.png"
-        if spec.tracking_uri != absolute_sqlite(DEFAULT_TRACKING_URI):
-            sample += f" --tracking-uri {as_typed_here(spec.tracking_uri)}"
+        sample = f"{python()} -m began.sample {source} --out best.png{tracking}"
         lines.append(sample + "   # 64 new faces")
+        if spec.reseed_of is None:
+            reseed = f"{python()} -m studies.reseed --study {spec.study_name} --seeds 3"
+            lines.append(f"{reseed}{stores}{tracking}   # the best setting with 3 new seeds: "
+                         "how much was luck")  # fmt: skip
     return lines
