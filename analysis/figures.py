@@ -298,6 +298,7 @@ def reseeded(table: pd.DataFrame, data: list[dict]) -> Figure:
                        label="the value that made it best" if x == 0 else None)  # fmt: skip
         ax.set_xticks(range(len(mine)), [d["setting"] for d in mine], rotation=30, ha="right",
                       fontsize=8)  # fmt: skip
+        ax.set_xlim(-0.5, len(mine) - 0.4)  # each setting's dots, star and interval together
         ax.set(title=objective, ylabel=objective)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

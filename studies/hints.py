@@ -54,6 +54,9 @@ def as_typed_here(url: str) -> str:
 def tracking_hint(spec: StudySpec) -> str:
     """Where to look at the study's runs: `mlflow ui` on its store, or the server's page."""
     where = f" -> experiment {spec.experiment!r} -> Training runs -> {spec.study_name!r}"
+    if spec.reseed_of is not None:  # its run is a child of the reseeded study's
+        where = where.replace(" -> Training runs ->",
+                              f" -> Training runs -> {spec.reseed_of.study!r} ->")  # fmt: skip
     where += " (+ opens one run per trial)"
     if spec.tracking_uri.startswith(("http://", "https://")):
         return f"open {mask_url(spec.tracking_uri)}" + where
