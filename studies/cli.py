@@ -27,6 +27,7 @@ from began.cli import (
     user_overrides,
 )
 from began.config import DEMO, PAPER, ConfigError, TrainConfig, config_from_options
+from began.machine import usable_cpus
 from began.tracking import DEFAULT_TRACKING_URI, check_tracking_uri
 from began.training.learner import resolve_device
 from studies.fleet.connection import absolute_sqlite, check_storage_url
@@ -220,7 +221,7 @@ def worker_slots(args: argparse.Namespace) -> list[WorkerSlot]:
                 raise OptionError(f"--devices: {str(error).removeprefix('device: ')}") from None
     per_device = args.workers_per_device
     if per_device is None:
-        per_device = 1 if devices != ["cpu"] else min(2, os.cpu_count() or 1)
+        per_device = 1 if devices != ["cpu"] else min(2, usable_cpus())
     if per_device < 1:
         raise OptionError(f"--workers-per-device: must be >= 1, got {per_device}")
     total = args.workers if args.workers is not None else per_device * len(devices)

@@ -164,3 +164,16 @@ def test_slurm_s_time_limit_warning_checkpoints_the_trial_and_requeues_the_task(
     stopped, queued = optuna.load_study(study_name="warned", storage=storage).trials
     assert stopped.state == TrialState.FAIL and queued.state == TrialState.WAITING
     assert stopped.user_attrs["worker"].endswith(" slurm 40_1")
+
+
+def test_a_task_given_one_cpu_of_a_bigger_node_runs_one_worker_of_one_thread(monkeypatch):
+    """Workers and threads follow the CPUs the scheduler gave the task (its affinity
+    mask), not the node's count."""
+    from studies.cli import build_parser, worker_slots
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})
+    args = build_parser("x", "", frozenset()).parse_args(["--devices", "cpu"])
+    assert [(s.device, s.threads) for s in worker_slots(args)] == [("cpu", 1)]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [s.threads for s in worker_slots(args)] == [4, 4]

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import sys
 import time
 from collections import deque
@@ -24,6 +23,7 @@ from began.data.crop import parse_crop
 from began.data.decode import GRAYSCALE, OK, UNREADABLE, Decoded, DecodeOptions, decode_image
 from began.data.imageset import BUILTIN_SOURCE, DataError, ImageSet
 from began.data.sources import Item, Source, iter_items, open_source
+from began.machine import usable_cpus
 
 log = logging.getLogger("began.data")
 
@@ -142,7 +142,7 @@ def _check_size(image_size: int) -> None:
 
 def _check_workers(workers: int | None) -> int:
     if workers is None:
-        return os.cpu_count() or 1
+        return usable_cpus()
     if not isinstance(workers, int) or workers < 1:
         raise DataError(f"workers: must be >= 1, got {workers!r}")
     return workers

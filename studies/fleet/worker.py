@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from began.errors import first_line, one_line
+from began.machine import usable_cpus
 from began.retry import RETRY_WAITS_S
 from began.tracking import FAILED, MlflowTracker
 from began.training.interrupts import RunAbandoned, StopFlag, deferred_interrupts
@@ -372,4 +373,4 @@ def end_given_up_run(spec: StudySpec, trial: FrozenTrial) -> None:
 
 def cpu_threads(cpu_workers: int) -> int:
     """Torch threads per CPU worker: the cores shared out, at least one each."""
-    return max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    return max(1, usable_cpus() // max(1, cpu_workers))
