@@ -21,6 +21,7 @@ from analysis.verdicts import (
     setting_label,
     setting_means,
 )
+from studies.fleet.storage import GRID_TOLERANCE
 from studies.schema import OBJECTIVE_PREFIX, SEED_ATTR
 
 MAX_VERDICT_LINES = 12  # the rest are in report.json and the CSV
@@ -76,7 +77,6 @@ def reseeded(inputs: ReportInputs) -> Section | None:
     if not reseed:
         return None
     runs = inputs.current
-    done = runs[runs["state"] == "COMPLETE"]
     rows, data = [], []
     for name, direction, column in _objectives(inputs.runs):
         for setting in reseed["settings"]:
@@ -84,7 +84,7 @@ def reseeded(inputs: ReportInputs) -> Section | None:
             if best is None:
                 continue
             mine = _rows_of(runs, params)
-            values = done.loc[done.index.intersection(mine.index), column].dropna()
+            values = mine.loc[mine["state"] == "COMPLETE", column].dropna()
             stats = against_reseeds(best, values.to_numpy(dtype=float), direction)
             label = setting_label(list(params), tuple(params.values()))
             row = {"objective": name, "setting": label, "best_trial": setting["trial"],
@@ -103,7 +103,7 @@ def reseeded(inputs: ReportInputs) -> Section | None:
 
 
 def _rows_of(runs: pd.DataFrame, params: dict) -> pd.DataFrame:
-    """The rows of `runs` trained with `params` (floats compared to 1e-12, as grids are)."""
+    """The rows of `runs` trained with `params` (floats compared as a grid's points are)."""
     mask = pd.Series(True, index=runs.index)
     for name, value in params.items():
         if name not in runs:
@@ -112,7 +112,7 @@ def _rows_of(runs: pd.DataFrame, params: dict) -> pd.DataFrame:
         if isinstance(value, bool) or not isinstance(value, int | float):
             mask &= column == value
         else:
-            mask &= (pd.to_numeric(column, errors="coerce") - value).abs() < 1e-12
+            mask &= (pd.to_numeric(column, errors="coerce") - value).abs() < GRID_TOLERANCE
     return runs[mask]
 
 

@@ -19,7 +19,7 @@ Slurm's signals, as the job script asks for them:
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import re
 import shlex
 import shutil
@@ -262,23 +262,7 @@ def _gpu_count(gres: str | None) -> int:
 
 def _yaml_string(value: str) -> str:
     """A YAML double-quoted scalar (JSON's string syntax is valid YAML)."""
-    import json
-
     return json.dumps(value)
-
-
-def submit(script: Path) -> str:
-    """`sbatch` the script; returns the job id, or a LaunchError with sbatch's own words."""
-    if shutil.which("sbatch") is None:
-        raise LaunchError("--launch slurm: sbatch is not on PATH (run on a Slurm login node, "
-                          "or --launch print to see the script)")  # fmt: skip
-    done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True,
-                          text=True, env=os.environ.copy())  # fmt: skip
-    if done.returncode != 0:
-        reason = (done.stderr or done.stdout).strip().splitlines()
-        raise LaunchError(f"--launch slurm: sbatch refused {script}: "
-                          f"{reason[-1] if reason else f'exit {done.returncode}'}")  # fmt: skip
-    return done.stdout.strip().split(";")[0]
 
 
 def submit_study(spec: StudySpec, launch: Launch, module: str, argv: Sequence[str]) -> int:
@@ -321,7 +305,8 @@ def submit_study(spec: StudySpec, launch: Launch, module: str, argv: Sequence[st
 
 
 def _sbatch(args: list[str]) -> str:
-    """Run sbatch; its output, or a LaunchError with sbatch's own last words."""
+    """Run sbatch; what it printed on stdout (with --parsable, the job id first), or a
+    LaunchError with sbatch's own last words. Its warnings on stderr stay out of it."""
     if shutil.which("sbatch") is None:
         raise LaunchError("--launch slurm: sbatch is not on PATH (run on a Slurm login node, "
                           "or --launch print to see the script)")  # fmt: skip
@@ -330,7 +315,7 @@ def _sbatch(args: list[str]) -> str:
         words = (done.stderr or done.stdout).strip().splitlines()
         reason = words[-1] if words else f"exit {done.returncode}"
         raise LaunchError(f"--launch slurm: sbatch refused the job script: {reason}")
-    return done.stdout + done.stderr  # --test-only answers on stderr
+    return done.stdout
 
 
 def follow(spec: StudySpec, job: str, poll_s: float = FOLLOW_POLL_S) -> int:

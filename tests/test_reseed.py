@@ -14,15 +14,11 @@ from optuna.trial import TrialState, create_trial
 from analysis.verdicts import against_reseeds
 from began.cli import run_cli
 from studies import gamma_sweep, reseed
+from tests import test_studies
 
 T_2 = 4.302652730  # two-sided 95% t quantile, 2 degrees of freedom (tables)
 GAMMA = FloatDistribution(1e-6, 1.0)
-TINY = [
-    "--image-size", "16", "--filters", "4", "--hidden", "8", "--repeat", "1",
-    "--batch-size", "4", "--holdout", "8", "--num-grid", "8", "--log-every", "2",
-    "--metrics", "diversity_16", "--steps", "8", "--eval-every", "4", "--sample-every", "8",
-    "--checkpoint-every", "4", "--system-metrics", "off", "--quiet",
-]  # fmt: skip
+TINY = [*test_studies.TINY, *test_studies.SHORT, "--system-metrics", "off"]
 STORAGE = "sqlite:///optuna.db"  # in tmp_path, where each test runs
 QUIET = ["--workers", "1", "--system-metrics", "off", "--quiet"]
 

@@ -5,10 +5,12 @@ its checkpoint by the other task."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -17,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.servers import PG_PASSWORD, PG_USER, mlflow_server, postgres_available, postgres_cluster
-from tests.slurm_cluster import slurm_available, slurm_cluster
+from tests.slurm_cluster import SlurmCluster, slurm_available, slurm_cluster
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,6 +46,22 @@ def values_by_gamma(study: optuna.Study) -> dict[float, float]:
             if t.state == TrialState.COMPLETE}  # fmt: skip
 
 
+@contextlib.contextmanager
+def stores_and_slurm(tmp_path: Path) -> Iterator[tuple[str, str, SlurmCluster]]:
+    """A throwaway PostgreSQL, mlflow server and Slurm: (storage URL, tracking URI, cluster).
+    No password in the storage URL: it would be written into the job script; the tasks
+    get PGPASSWORD from the submitting shell (#SBATCH --export=ALL)."""
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    with (
+        postgres_cluster() as database,
+        mlflow_server(database["url"]["mlflow"], artifacts) as tracking,
+        # A cancelled task has this long to checkpoint and queue its trial.
+        slurm_cluster(kill_wait_s=60) as slurm,
+    ):
+        yield f"postgresql://{PG_USER}@127.0.0.1:{database['port']}/optuna", tracking, slurm
+
+
 def test_a_sweep_launched_as_a_slurm_array_survives_a_cancelled_task(tmp_path, monkeypatch):
     monkeypatch.setenv("PGPASSWORD", PG_PASSWORD)  # libpq's, for this test's reads too
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -55,16 +73,7 @@ def test_a_sweep_launched_as_a_slurm_array_survives_a_cancelled_task(tmp_path, m
     expected = values_by_gamma(optuna.load_study(study_name="local", storage=local_storage))
     assert len(expected) == 4
 
-    artifacts = tmp_path / "artifacts"
-    artifacts.mkdir()
-    with (
-        postgres_cluster() as database,
-        mlflow_server(database["url"]["mlflow"], artifacts) as tracking,
-        slurm_cluster(kill_wait_s=60) as slurm,
-    ):
-        # No password in the URL: it would be written into the job script. The tasks get
-        # PGPASSWORD from the submitting shell (#SBATCH --export=ALL).
-        storage = f"postgresql://{PG_USER}@127.0.0.1:{database['port']}/optuna"
+    with stores_and_slurm(tmp_path) as (storage, tracking, slurm):
         launched = subprocess.Popen(
             command("--study-name", "on-slurm", "--storage", storage, "--tracking-uri", tracking,
                     "--launch", "slurm", "--tasks", "2", "--launch-dir", str(tmp_path / "jobs"),
@@ -162,14 +171,7 @@ def test_a_task_requeued_mid_trial_joins_again_and_continues_its_trial(tmp_path,
     then the task runs again; its trial continues from the checkpoint in the same run."""
     monkeypatch.setenv("PGPASSWORD", PG_PASSWORD)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    artifacts = tmp_path / "artifacts"
-    artifacts.mkdir()
-    with (
-        postgres_cluster() as database,
-        mlflow_server(database["url"]["mlflow"], artifacts) as tracking,
-        slurm_cluster(kill_wait_s=60) as slurm,
-    ):
-        storage = f"postgresql://{PG_USER}@127.0.0.1:{database['port']}/optuna"
+    with stores_and_slurm(tmp_path) as (storage, tracking, slurm):
         launched = subprocess.run(
             command("--study-name", "requeued", "--storage", storage, "--tracking-uri",
                     tracking, "--launch", "slurm", "--tasks", "1", "--launch-dir",
